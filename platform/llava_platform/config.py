@@ -1,0 +1,336 @@
+"""Typed specs for every YAML file the platform reads, and `load()` to read them.
+
+A job spec is one YAML file whose top-level keys are sections (`model:`,
+`data:`, `train:` ...). Every field is typed and described here; unknown keys,
+wrong types and missing fields are a `ConfigError` that names the file, the
+dotted key and, for a misspelt key, the closest valid one.
+
+    spec = load("jobs/configs/tiny_finetune.yaml", TrainJobSpec, ["train.lr=1e-4"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "ComponentsSpec",
+    "LoraSpec",
+    "ModelSpec",
+    "DataSpec",
+    "SamplingSpec",
+    "TrainSpec",
+    "BatchSpec",
+    "ServeSpec",
+    "BuildSpec",
+    "TrainJobSpec",
+    "BatchJobSpec",
+    "load",
+    "parse_overrides",
+    "dump",
+]
+
+PROJECTOR_PATTERN = r"^(linear|mlp(\d+)x_gelu)$"
+
+
+class ConfigError(ValueError):
+    """A spec file or override is invalid; the message names the key and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for every spec: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ComponentsSpec(StrictModel):
+    """A model assembled from a vision tower, an LLM and a fresh projector."""
+
+    vision_tower: str = Field(description="CLIP or SigLIP vision model: hub id or local directory")
+    llm: str = Field(description="causal LM: hub id or local directory (its tokenizer is used)")
+    projector: str = Field(
+        "mlp2x_gelu",
+        pattern=PROJECTOR_PATTERN,
+        description="projector type: linear, mlp2x_gelu or mlpNx_gelu (N linear layers with GELU between)",
+    )
+
+
+class LoraSpec(StrictModel):
+    """LoRA adapters on the LLM's linear layers (never on the vision tower or projector)."""
+
+    r: int = Field(128, gt=0, description="adapter rank")
+    alpha: int = Field(256, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | None = Field(
+        None,
+        description="leaf names of LLM linear layers to adapt (e.g. [q_proj, v_proj]); default: all of them",
+    )
+    train_projector: bool = Field(True, description="train the projector fully alongside the adapters")
+
+
+class ModelSpec(StrictModel):
+    """Where a model comes from and how its inputs are built.
+
+    Exactly one source: `preset`, `components`, `checkpoint` or `original_checkpoint`.
+    Fields left unset (template, image_mode ...) come from the preset or the checkpoint.
+    """
+
+    preset: str | None = Field(None, description="named preset: tiny, llava-1.5-7b, llava-1.5-13b, llava-next-7b, ...")
+    components: ComponentsSpec | None = Field(None, description="build from a vision tower + LLM + new projector")
+    checkpoint: str | None = Field(None, description="HF-format LLaVA / LLaVA-NeXT checkpoint: directory or hub id")
+    original_checkpoint: str | None = Field(
+        None, description="original-LLaVA checkpoint directory (mm_* config, model.mm_projector.* keys) to convert"
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: the preset's shapes with random weights, no download (speed tests)"
+    )
+    template: str | None = Field(None, description="conversation template name (see llava_platform.data.templates)")
+    image_mode: Literal["square", "pad", "anyres"] | None = Field(
+        None, description="square: resize + center crop; pad: pad to square with the mean colour; anyres: LLaVA-NeXT tiles"
+    )
+    image_grid_pinpoints: list[tuple[int, int]] | None = Field(
+        None, description="anyres candidate resolutions as (height, width) pairs"
+    )
+    vision_feature_layer: int | None = Field(None, description="vision hidden layer fed to the projector (-2 in LLaVA-1.5)")
+    vision_feature_select_strategy: Literal["default", "full"] | None = Field(
+        None, description="default: drop the CLS token; full: keep it"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype once loaded")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="bitsandbytes quantization of the LLM (QLoRA uses 4bit); vision tower and projector stay unquantized"
+    )
+    lora: LoraSpec | None = Field(None, description="wrap the LLM with LoRA adapters")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="attention kernel; default lets transformers choose"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> "ModelSpec":
+        sources = [n for n in ("preset", "components", "checkpoint", "original_checkpoint") if getattr(self, n) is not None]
+        if len(sources) != 1:
+            got = ", ".join(sources) if sources else "none"
+            raise ValueError(
+                f"give exactly one model source of preset, components, checkpoint, original_checkpoint (got: {got})"
+            )
+        if self.init == "random" and self.preset is None:
+            raise ValueError("init: random needs a preset (it takes the preset's shapes)")
+        return self
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataSpec(StrictModel):
+    """A LLaVA-format dataset: JSON list or JSONL of {id, image?, conversations}."""
+
+    path: str = Field(description="LLaVA JSON (.json, a list) or JSONL (.jsonl) file")
+    image_folder: str | None = Field(None, description="folder that the records' `image` paths are relative to")
+    max_length: int = Field(2048, gt=0, description="samples longer than this many tokens (images expanded) are truncated")
+    max_image_pixels: int = Field(
+        89_478_485, gt=0, description="images with more pixels are refused as decompression bombs (PIL's default)"
+    )
+    max_untrainable_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of samples allowed to have no trained token (they are skipped and reported); above it the job fails",
+    )
+    on_bad_record: Literal["fail", "skip"] = Field(
+        "fail", description="fail: stop before training listing bad record ids; skip: drop them and report the ids"
+    )
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class SamplingSpec(StrictModel):
+    """Decoding settings, shared by the CLI, batch and serve."""
+
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(128, gt=0, description="upper bound on generated tokens")
+    stop: list[str] = Field(default_factory=list, description="extra stop strings (the template's own stop is always used)")
+    seed: int | None = Field(None, description="random seed for sampling; same seed and inputs give the same text")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class TrainSpec(StrictModel):
+    """One training stage (issue 3 runs it on Ray Train)."""
+
+    stage: Literal["pretrain", "finetune"] = Field(description="pretrain: projector only; finetune: projector + LLM")
+    output_dir: str = Field(description="where checkpoints and final/ are written")
+    train_vision_tower: bool = Field(False, description="also train the vision tower (with vision_lr)")
+    lr: float = Field(2e-5, gt=0, description="peak learning rate")
+    projector_lr: float | None = Field(None, gt=0, description="projector learning rate; default: lr")
+    vision_lr: float | None = Field(None, gt=0, description="vision tower learning rate; default: lr")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="fraction of steps with linear warmup")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    epochs: float = Field(1.0, gt=0)
+    global_batch_size: int = Field(128, gt=0, description="samples per optimizer step across all workers")
+    micro_batch_size: int = Field(16, gt=0, description="samples per forward pass per worker")
+    seed: int = Field(0)
+
+
+class BatchSpec(StrictModel):
+    """Batch inference over an image set (issue 4 runs it on Ray Data)."""
+
+    input: str = Field(description="LLaVA JSON/JSONL of prompts")
+    image_folder: str | None = Field(None)
+    output: str = Field(description="output directory")
+    batch_size: int = Field(8, gt=0)
+
+
+class ServeSpec(StrictModel):
+    """A served model (issue 5 runs it on Ray Serve)."""
+
+    checkpoint: str = Field(description="HF-format checkpoint directory")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    max_batch_size: int = Field(8, gt=0)
+
+
+class BuildSpec(StrictModel):
+    """`jobs.build_model`: one model section."""
+
+    model: ModelSpec
+
+
+class TrainJobSpec(StrictModel):
+    """`jobs.pretrain` / `jobs.finetune`."""
+
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+
+
+class BatchJobSpec(StrictModel):
+    """`jobs.batch_infer`."""
+
+    batch: BatchSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """["train.lr=1e-4", "data.path=x.json"] -> {"train": {"lr": 1e-4}, "data": {"path": "x.json"}}.
+
+    Values are parsed as YAML scalars, so `1e-4` is a float and `[a, b]` a list.
+    """
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. train.lr=1e-4")
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} was already set to a value, not a section")
+        node[leaf] = _parse_scalar(raw)
+    return tree
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML scalar, except that YAML 1.1 reads `1e-4` as a string: read it as the float it is."""
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value):
+        return float(value)
+    return value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside Optional[...] / list[...] annotations, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _model_class(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _valid_keys(spec_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the spec section that `loc` points into."""
+    cls: type[BaseModel] | None = spec_cls
+    for part in loc:
+        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
+            continue  # list indices and union tags
+        cls = _model_class(cls.model_fields[part].annotation)
+    return list(cls.model_fields) if cls is not None else []
+
+
+def _describe(error: dict[str, Any], spec_cls: type[BaseModel], source: str) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(spec_cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{source}: {dotted}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"{source}: {dotted}: required field is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {dotted}: {error['msg']}{shown}"
+
+
+def validate(data: Any, spec_cls: type[BaseModel], source: str = "<spec>") -> BaseModel:
+    """Validate a parsed dict against `spec_cls`, turning pydantic errors into a readable ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return spec_cls.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err, spec_cls, source) for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from e
+
+
+def load(path: str | Path, spec_cls: type[BaseModel], overrides: list[str] | None = None) -> Any:
+    """Read a YAML spec, apply dotted overrides and validate it as `spec_cls`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: spec file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data = _merge(data, parse_overrides(overrides))
+    source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return validate(data, spec_cls, source)
+
+
+def dump(spec: BaseModel) -> str:
+    """The resolved spec as YAML (saved next to every checkpoint)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)

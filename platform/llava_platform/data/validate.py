@@ -1,0 +1,100 @@
+"""Check a dataset before training: every bad record named, token lengths summarised.
+
+Used by `jobs.validate_data` and, before the first step, by the training jobs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llava_platform.data.images import ImageError
+from llava_platform.data.records import BadRecord, read_records
+from llava_platform.data.samples import EncodedSample, SampleEncoder
+
+__all__ = ["Problem", "ValidationReport", "validate_dataset"]
+
+# problem kinds, in report order
+MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG, UNTRAINABLE = (
+    "malformed", "missing_image", "unreadable_image", "too_long", "no_trained_token",
+)  # fmt: skip
+
+
+@dataclass
+class Problem:
+    id: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    total: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # tokens per good sample, images expanded
+    truncated: int = 0  # samples cut to max_length that still have trained tokens
+
+    @property
+    def ok(self) -> int:
+        return self.total - len(self.problems)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(p.kind for p in self.problems)
+
+    @property
+    def bad_ids(self) -> list[str]:
+        return [p.id for p in self.problems]
+
+    def percentiles(self) -> dict[str, int]:
+        if not self.lengths:
+            return {}
+        values = np.percentile(self.lengths, [50, 90, 99, 100])
+        return {k: int(v) for k, v in zip(("p50", "p90", "p99", "max"), values)}
+
+    def format(self, max_listed: int = 50) -> str:
+        lines = [f"{self.path}: {self.total} samples, {self.ok} ok, {len(self.problems)} with problems"]
+        for kind, n in sorted(self.counts.items()):
+            lines.append(f"  {kind}: {n}")
+        if self.truncated:
+            lines.append(f"  truncated to max_length (still trainable): {self.truncated}")
+        if self.lengths:
+            lines.append("  tokens per sample: " + ", ".join(f"{k} {v}" for k, v in self.percentiles().items()))
+        for p in self.problems[:max_listed]:
+            lines.append(f"  - {p.id}: {p.kind}: {p.reason}")
+        if len(self.problems) > max_listed:
+            lines.append(f"  ... and {len(self.problems) - max_listed} more")
+        return "\n".join(lines)
+
+
+def _classify(encoder: SampleEncoder, record, error: Exception) -> str:
+    if isinstance(error.__cause__, ImageError):
+        missing = [p for p in record.images if not encoder.image_path(p).exists()]
+        return MISSING_IMAGE if missing else UNREADABLE_IMAGE
+    return TOO_LONG if "max_length" in str(error) else MALFORMED
+
+
+def validate_dataset(path: str, encoder: SampleEncoder) -> tuple[ValidationReport, list[EncodedSample]]:
+    """Encode every record; returns the report and the good samples (so a job need not encode twice)."""
+    report = ValidationReport(path)
+    good: list[EncodedSample] = []
+    for item in read_records(path):
+        report.total += 1
+        if isinstance(item, BadRecord):
+            report.problems.append(Problem(item.id, MALFORMED, item.reason))
+            continue
+        try:
+            sample = encoder.encode(item)
+        except ValueError as e:  # RecordError, with the ImageError / template error chained
+            report.problems.append(Problem(item.id, _classify(encoder, item, e), getattr(e, "reason", str(e))))
+            continue
+        if sample.num_trained == 0:
+            report.problems.append(Problem(item.id, UNTRAINABLE, "no token left to train on (check the template and max_length)"))
+            continue
+        report.truncated += sample.truncated
+        report.lengths.append(len(sample.input_ids))
+        good.append(sample)
+    return report, good

@@ -1,0 +1,107 @@
+"""Named model presets: they only pin numbers and names; `builder.py` does the building.
+
+Each preset pins the vision tower and LLM (hub ids, plus their shapes so that
+`init: random` needs no download), the projector, the conversation template and
+the image handling. `tiny` has no hub ids: it is always built from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Preset", "PRESETS", "get_preset", "ANYRES_336_PINPOINTS"]
+
+# LLaVA-NeXT's grid: {2x2, 1x{2,3}, {2,3}x1} tiles of 336 px, as (height, width)
+ANYRES_336_PINPOINTS = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
+
+CLIP_L_336 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+)  # fmt: skip
+VICUNA_7B = dict(
+    hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+)  # fmt: skip
+VICUNA_13B = dict(VICUNA_7B, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    template: str
+    image_mode: str  # square | pad | anyres
+    projector: str
+    vision_config: dict[str, Any]  # CLIPVisionConfig kwargs (shapes for init: random)
+    text_config: dict[str, Any]  # LlamaConfig kwargs
+    vision_tower: str | None = None  # hub id of the pretrained tower (None: tiny, built here)
+    llm: str | None = None  # hub id of the pretrained LLM
+    image_grid_pinpoints: list[tuple[int, int]] | None = None
+    vision_feature_layer: int = -2  # LLaVA-1.5: penultimate layer
+    vision_feature_select_strategy: str = "default"  # drop CLS
+    notes: str = field(default="", compare=False)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            name="tiny",
+            template="vicuna_v1",
+            image_mode="pad",
+            projector="mlp2x_gelu",
+            # 64 px, patch 8 -> 8x8 = 64 image tokens; ~0.5 M vision params
+            vision_config=dict(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",
+            ),  # fmt: skip
+            # vocab_size is taken from the tiny tokenizer; ~1 M LLM params
+            text_config=dict(
+                hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            ),  # fmt: skip
+            notes="CPU preset: random init, byte-level tokenizer built by code, learns the synthetic task",
+        ),
+        Preset(
+            name="llava-1.5-7b",
+            template="vicuna_v1",
+            image_mode="pad",
+            projector="mlp2x_gelu",
+            vision_config=CLIP_L_336,
+            text_config=VICUNA_7B,
+            vision_tower="openai/clip-vit-large-patch14-336",
+            llm="lmsys/vicuna-7b-v1.5",
+        ),
+        Preset(
+            name="llava-1.5-13b",
+            template="vicuna_v1",
+            image_mode="pad",
+            projector="mlp2x_gelu",
+            vision_config=CLIP_L_336,
+            text_config=VICUNA_13B,
+            vision_tower="openai/clip-vit-large-patch14-336",
+            llm="lmsys/vicuna-13b-v1.5",
+        ),
+        Preset(
+            name="llava-next-7b",
+            template="vicuna_v1",
+            image_mode="anyres",
+            projector="mlp2x_gelu",
+            vision_config=CLIP_L_336,
+            text_config=VICUNA_7B,
+            vision_tower="openai/clip-vit-large-patch14-336",
+            llm="lmsys/vicuna-7b-v1.5",
+            image_grid_pinpoints=ANYRES_336_PINPOINTS,
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    import difflib
+
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"unknown model preset {name!r}; {hint}known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

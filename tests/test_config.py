@@ -1,0 +1,102 @@
+"""Specs: unknown keys, wrong types and missing fields name the key, the file and the fix."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llava_platform.config import (
+    BuildSpec,
+    ConfigError,
+    ModelSpec,
+    TrainJobSpec,
+    load,
+    parse_overrides,
+)
+
+TRAIN = {
+    "model": {"preset": "tiny"},
+    "data": {"path": "d.json"},
+    "train": {"stage": "finetune", "output_dir": "runs/x"},
+}
+
+
+def write(tmp_path: Path, data, name="spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_unknown_key_names_file_key_and_closest(tmp_path):
+    path = write(tmp_path, {**TRAIN, "train": {**TRAIN["train"], "learning_rate": 1e-4}})
+    with pytest.raises(ConfigError) as e:
+        load(path, TrainJobSpec)
+    msg = str(e.value)
+    assert str(path) in msg and "train.learning_rate: unknown key" in msg
+    with pytest.raises(ConfigError, match=r"model\.presett: unknown key; did you mean 'preset'\?"):
+        load(write(tmp_path, {**TRAIN, "model": {"presett": "tiny"}}), TrainJobSpec)
+    with pytest.raises(ConfigError, match=r"trian: unknown key; did you mean 'train'\?"):
+        load(write(tmp_path, {**TRAIN, "trian": {}}), TrainJobSpec)
+
+
+def test_nested_unknown_key_lists_valid_keys_of_its_section(tmp_path):
+    spec = {"model": {"components": {"vision_tower": "v", "llm": "l", "projecter": "linear"}}}
+    with pytest.raises(ConfigError, match=r"model\.components\.projecter: unknown key; did you mean 'projector'\?.*vision_tower, llm, projector"):
+        load(write(tmp_path, spec), BuildSpec)
+
+
+def test_wrong_type_and_missing_field(tmp_path):
+    bad = {**TRAIN, "train": {**TRAIN["train"], "lr": "fast"}}
+    with pytest.raises(ConfigError, match=r"train\.lr: Input should be a valid number.*'fast'"):
+        load(write(tmp_path, bad), TrainJobSpec)
+    missing = {k: v for k, v in TRAIN.items() if k != "data"}
+    with pytest.raises(ConfigError, match=r"data: required field is missing"):
+        load(write(tmp_path, missing), TrainJobSpec)
+    with pytest.raises(ConfigError, match=r"model\.image_mode: Input should be 'square', 'pad' or 'anyres'"):
+        load(write(tmp_path, {"model": {"preset": "tiny", "image_mode": "crop"}}), BuildSpec)
+
+
+def test_model_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one model source.*got: preset, checkpoint"):
+        ModelSpec(preset="tiny", checkpoint="x")
+    with pytest.raises(ValueError, match="got: none"):
+        ModelSpec()
+    with pytest.raises(ValueError, match="init: random needs a preset"):
+        ModelSpec(checkpoint="x", init="random")
+    with pytest.raises(ValueError, match="projector"):
+        ModelSpec(components={"vision_tower": "v", "llm": "l", "projector": "mlp_relu"})
+
+
+def test_overrides_are_typed_and_applied(tmp_path):
+    assert parse_overrides(["train.lr=1e-4", "data.path=x.json", "a.b=[1, 2]", "t.flag=true"]) == {
+        "train": {"lr": 1e-4}, "data": {"path": "x.json"}, "a": {"b": [1, 2]}, "t": {"flag": True},
+    }  # fmt: skip
+    spec = load(write(tmp_path, TRAIN), TrainJobSpec, ["train.lr=1e-4", "train.epochs=3", "data.path=other.json"])
+    assert spec.train.lr == 1e-4 and spec.train.epochs == 3 and spec.data.path == "other.json"
+
+
+def test_bad_overrides_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        parse_overrides(["train.lr"])
+    with pytest.raises(ConfigError, match=r"with overrides train\.lrr=1.*train\.lrr: unknown key; did you mean 'lr'"):
+        load(write(tmp_path, TRAIN), TrainJobSpec, ["train.lrr=1"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(write(tmp_path, "model: [unclosed"), BuildSpec)
+    with pytest.raises(ConfigError, match="spec file not found"):
+        load(tmp_path / "nope.yaml", BuildSpec)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load(write(tmp_path, "- a\n- b\n"), BuildSpec)
+
+
+SPEC_KINDS = {frozenset({"model"}): BuildSpec, frozenset({"model", "data", "train"}): TrainJobSpec}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_validates(path):
+    keys = frozenset(yaml.safe_load(path.read_text()))
+    assert keys in SPEC_KINDS, f"{path.name}: no spec class for sections {sorted(keys)}"
+    load(path, SPEC_KINDS[keys])
