@@ -41,7 +41,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from llava_platform.config import ModelSpec
-from llava_platform.data.images import build_image_processor
+from llava_platform.data.images import anyres_pinpoints, build_image_processor
 from llava_platform.data.templates import ConversationTemplate, get_template
 from llava_platform.model.presets import Preset, get_preset
 from llava_platform.model.projector import install_projector, projector_act, projector_depth
@@ -127,17 +127,13 @@ def _llava_config(vision_config: PretrainedConfig, text_config: PretrainedConfig
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
     if spec.image_mode == "anyres":
-        pinpoints = [list(p) for p in _pinpoints(spec, vision_config.image_size)]
+        pinpoints = _pinpoints(spec, vision_config.image_size)
         return LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
     return LlavaConfig(**common)
 
 
-def _pinpoints(spec: ModelSpec, image_size: int) -> list[tuple[int, int]]:
-    if spec.image_grid_pinpoints:
-        return spec.image_grid_pinpoints
-    from llava_platform.model.presets import ANYRES_336_PINPOINTS
-
-    return [(h * image_size // 336, w * image_size // 336) for h, w in ANYRES_336_PINPOINTS]
+def _pinpoints(spec: ModelSpec, image_size: int) -> list[list[int]]:
+    return [list(p) for p in spec.image_grid_pinpoints] if spec.image_grid_pinpoints else anyres_pinpoints(image_size)
 
 
 def _model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
@@ -149,7 +145,7 @@ def build_processor(tokenizer: PreTrainedTokenizerBase, vision_config: Pretraine
     """LlavaProcessor / LlavaNextProcessor: image processor for spec.image_mode + tokenizer + chat template."""
     image_processor = build_image_processor(
         spec.image_mode, vision_config.image_size, image_mean=list(image_mean), image_std=list(image_std),
-        grid_pinpoints=[list(p) for p in _pinpoints(spec, vision_config.image_size)] if spec.image_mode == "anyres" else None,
+        grid_pinpoints=_pinpoints(spec, vision_config.image_size) if spec.image_mode == "anyres" else None,
     )  # fmt: skip
     cls = LlavaNextProcessor if spec.image_mode == "anyres" else LlavaProcessor
     return cls(

@@ -12,8 +12,7 @@ from typing import Any
 
 __all__ = ["Preset", "PRESETS", "get_preset", "ANYRES_336_PINPOINTS"]
 
-# LLaVA-NeXT's grid: {2x2, 1x{2,3}, {2,3}x1} tiles of 336 px, as (height, width)
-ANYRES_336_PINPOINTS = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
+from llava_platform.data.images import ANYRES_336_PINPOINTS
 
 CLIP_L_336 = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
