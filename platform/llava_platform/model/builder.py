@@ -226,7 +226,8 @@ def quantization_config(spec: ModelSpec):
         return None
     from transformers import BitsAndBytesConfig
 
-    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    # transformers matches these from the start of the module name (or as a suffix)
+    skip = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
     if spec.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     compute = DTYPES[spec.dtype] if spec.dtype != "float32" else torch.float32

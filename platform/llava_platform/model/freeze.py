@@ -1,0 +1,66 @@
+"""Which parameters train in each stage, and optimizer groups with per-component learning rates.
+
+    stage 1 (pretrain)  projector only                      (LLaVA: tune_mm_mlp_adapter)
+    stage 2 (finetune)  projector + LLM (embeddings, lm_head)  or, with LoRA, projector + adapters
+    either stage        + vision tower if asked, with its own learning rate
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+__all__ = ["component_of", "apply_freeze", "param_groups", "COMPONENTS"]
+
+COMPONENTS = ("vision_tower", "projector", "llm")
+
+
+def component_of(name: str) -> str:
+    """'model.language_model.layers.0.mlp.up_proj.weight' -> 'llm' (peft's 'base_model.model.' prefix allowed)."""
+    name = name.removeprefix("base_model.model.")
+    if name.startswith("model.vision_tower."):
+        return "vision_tower"
+    if name.startswith(("model.multi_modal_projector.", "model.image_newline")):
+        return "projector"
+    if name.startswith(("model.language_model.", "lm_head.")):
+        return "llm"
+    raise ValueError(f"parameter {name!r} belongs to no known LLaVA component")
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def apply_freeze(model: nn.Module, stage: Literal["pretrain", "finetune"], train_vision_tower: bool = False) -> dict[str, str]:
+    """Set requires_grad per component; returns {component: 'trainable/total'} parameter counts for the log."""
+    if _is_peft(model) and stage == "pretrain":
+        raise ValueError("LoRA is for stage 2: remove model.lora from the pretrain spec (stage 1 trains the projector only)")
+    wanted = {"projector": True, "vision_tower": train_vision_tower, "llm": stage == "finetune"}
+    for name, param in model.named_parameters():
+        component = component_of(name)
+        if _is_peft(model) and component != "vision_tower":
+            continue  # peft already chose: adapters and modules_to_save train, the frozen base does not
+        param.requires_grad_(wanted[component])
+    counts = {c: [0, 0] for c in COMPONENTS}
+    for name, param in model.named_parameters():
+        c = counts[component_of(name)]
+        c[0] += param.numel() if param.requires_grad else 0
+        c[1] += param.numel()
+    return {c: f"{t / 1e6:.2f}M/{n / 1e6:.2f}M" for c, (t, n) in counts.items()}
+
+
+def param_groups(model: nn.Module, lr: float, projector_lr: float | None = None, vision_lr: float | None = None,
+                 weight_decay: float = 0.0) -> list[dict]:  # fmt: skip
+    """torch.optim groups: one per (component, decay) with that component's lr; biases and norms get no decay."""
+    lrs = {"llm": lr, "projector": projector_lr or lr, "vision_tower": vision_lr or lr}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim >= 2 and "norm" not in name  # matrices decay; biases, norm scales, image_newline do not
+        groups.setdefault((component_of(name), decay), []).append(param)
+    return [
+        {"params": params, "lr": lrs[component], "weight_decay": weight_decay if decay else 0.0, "name": f"{component}{'' if decay else '_no_decay'}"}
+        for (component, decay), params in sorted(groups.items())
+    ]

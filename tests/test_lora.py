@@ -1,0 +1,56 @@
+"""LoRA lands on the LLM's linear layers only; the merged model answers like the adapter model."""
+
+import copy
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from conftest import make_image
+from llava_platform.config import LoraSpec
+from llava_platform.model import save_checkpoint
+from llava_platform.model.builder import ModelBundle
+from llava_platform.model.freeze import component_of
+from llava_platform.model.lora import apply_lora, llm_linear_names, merge_lora
+
+
+def lora_model(tiny_bundle, **kwargs):
+    model = apply_lora(copy.deepcopy(tiny_bundle.model), LoraSpec(r=4, alpha=8, dropout=0.0, **kwargs))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # B starts at zero: make the adapters do something
+            if "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.05)  # and the trained projector copy differ from the original
+    return model.eval()
+
+
+def test_adapters_only_on_llm_linears(tiny_bundle):
+    model = lora_model(tiny_bundle)
+    adapted = {n.removesuffix(".lora_A") for n, _ in model.named_modules() if n.endswith(".lora_A")}
+    assert adapted and all(component_of(n + ".weight") == "llm" and "lm_head" not in n for n in adapted)
+    layers = tiny_bundle.model.config.text_config.num_hidden_layers
+    assert len(adapted) == 7 * layers == len(llm_linear_names(tiny_bundle.model))  # q k v o gate up down
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert any("multi_modal_projector.modules_to_save" in n for n in trainable)
+    only_qv = lora_model(tiny_bundle, target_modules=["q_proj", "v_proj"])
+    assert sum(n.endswith(".lora_A") for n, _ in only_qv.named_modules()) == 2 * layers
+
+
+def test_merged_model_equals_adapter_model(tiny_bundle, tmp_path):
+    model = lora_model(tiny_bundle)
+    inputs = tiny_bundle.processor(text=["USER: <image>\nWhat? ASSISTANT: red"], images=[make_image(40, 64)], return_tensors="pt")
+    with torch.no_grad():
+        adapter_logits = model(**inputs).logits
+        merged = merge_lora(model)
+        merged_logits = merged(**inputs).logits
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-5)
+    assert not torch.allclose(merged_logits, tiny_bundle.model(**inputs).logits, atol=1e-3)  # the adapters mattered
+
+    path = save_checkpoint(ModelBundle(merged, tiny_bundle.processor, tiny_bundle.template, tiny_bundle.spec), tmp_path / "merged")
+    plain = LlavaForConditionalGeneration.from_pretrained(path)
+    plain_inputs = AutoProcessor.from_pretrained(path)(text=["USER: <image>\nWhat? ASSISTANT: red"], images=[make_image(40, 64)], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(plain(**plain_inputs).logits, merged_logits, atol=1e-5)
