@@ -203,17 +203,18 @@ class _RowDecoder:
         return self._emit(final=False)
 
     def _emit(self, final: bool) -> str:
-        # leading whitespace dropped, as LLaVA's CLI does (the model emits " answer" after "ASSISTANT:")
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
-        cuts = [text.find(s) for s in self.stop_strings if s in text]
+        raw = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cuts = [raw.find(s) for s in self.stop_strings if s in raw]  # on the raw text, as generate() matched it
         if cuts:
-            text, final = text[: min(cuts)], True
+            raw, final = raw[: min(cuts)], True
             self.done = self.stopped = True
+        elif not final:
+            raw = raw.rstrip("\ufffd")  # a multi-byte character is not complete yet
+            raw = raw[: len(raw) - self._partial_stop(raw)]
+        # leading whitespace dropped, as LLaVA's CLI does (the model emits " answer" after "ASSISTANT:")
+        text = raw.lstrip()
         if final:
             self.text = text
-        else:
-            text = text.rstrip("\ufffd")  # a multi-byte character is not complete yet
-            text = text[: len(text) - self._partial_stop(text)]
         delta = text[self.emitted :]
         self.emitted = max(self.emitted, len(text))
         return delta

@@ -22,7 +22,8 @@ from transformers.activations import ACT2FN
 
 __all__ = ["projector_depth", "projector_act", "MlpProjector", "install_projector", "restore_projector_weights"]
 
-PROJECTOR_PREFIX = "model.multi_modal_projector."
+# saved keys are "multi_modal_projector.linear_3.weight" (hub layout) or "model.multi_modal_projector...."
+PROJECTOR_KEY = re.compile(r"^(?:model\.)?multi_modal_projector\.(.+)$")
 
 
 def projector_depth(name: str) -> int:
@@ -86,6 +87,6 @@ def restore_projector_weights(model: nn.Module, checkpoint_dir: str | Path) -> N
     for file in sorted(Path(checkpoint_dir).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                if key.startswith(PROJECTOR_PREFIX):
-                    state[key[len(PROJECTOR_PREFIX) :]] = f.get_tensor(key)
+                if match := PROJECTOR_KEY.match(key):
+                    state[match[1]] = f.get_tensor(key)
     model.model.multi_modal_projector.load_state_dict(state, strict=True)
