@@ -10,13 +10,17 @@ __all__ = ["user_errors_exit", "quiet_transformers"]
 
 
 def user_errors_exit(main: Callable[[], None]) -> Callable[[], None]:
-    """Run `main`; a bad spec, dataset, image or template exits 2 with its message."""
+    """Run `main`; a bad spec, dataset, image, template or path exits 2 with its message.
+
+    The library raises ValueError subclasses (ConfigError, RecordError, ImageError, TemplateError)
+    and OSError (missing files, unknown hub ids) for what the user can fix.
+    """
 
     @functools.wraps(main)
     def wrapper() -> None:
         try:
             main()
-        except (ValueError, FileNotFoundError) as e:  # ConfigError, RecordError, ImageError, TemplateError
+        except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

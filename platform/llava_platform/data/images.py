@@ -14,8 +14,15 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
-from transformers import LlavaImageProcessor, LlavaNextImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils import is_torchvision_available
+
+# Same processing either way; the torchvision backend is faster where installed (GPU images usually).
+if is_torchvision_available():
+    from transformers import LlavaImageProcessor, LlavaNextImageProcessor
+else:
+    from transformers import LlavaImageProcessorPil as LlavaImageProcessor
+    from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
 
 __all__ = ["ImageError", "load_image", "anyres_pinpoints", "ANYRES_336_PINPOINTS", "build_image_processor", "preprocess_images", "DEFAULT_MAX_PIXELS"]
 
@@ -85,14 +92,12 @@ def build_image_processor(mode: str, image_size: int, image_mean=OPENAI_CLIP_MEA
         image_std=list(image_std),
         do_convert_rgb=True,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "torchvision not installed, using the PIL backend"
-        if mode in ("square", "pad"):
-            # do_pad: expand2square with background tuple(int(255 * m) for m in image_mean)
-            return LlavaImageProcessor(do_pad=mode == "pad", **common)
-        if mode == "anyres":
-            pinpoints = [list(p) for p in grid_pinpoints] if grid_pinpoints else anyres_pinpoints(image_size)
-            return LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, do_pad=True, **common)
+    if mode in ("square", "pad"):
+        # do_pad: expand2square with background tuple(int(255 * m) for m in image_mean)
+        return LlavaImageProcessor(do_pad=mode == "pad", **common)
+    if mode == "anyres":
+        pinpoints = [list(p) for p in grid_pinpoints] if grid_pinpoints else anyres_pinpoints(image_size)
+        return LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, do_pad=True, **common)
     raise ValueError(f"unknown image mode {mode!r}; use square, pad or anyres")
 
 
