@@ -96,7 +96,7 @@ def test_from_components_clip(tmp_path):
                                               image_size=32, patch_size=8))  # fmt: skip
     vision.save_pretrained(tmp_path / "clip")
     CLIPImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.5, 0.5]).save_pretrained(tmp_path / "clip")
-    spec = ModelSpec(components={"vision_tower": str(tmp_path / "clip"), "llm": str(llm_dir), "projector": "mlp2x_gelu"})
+    spec = ModelSpec(components={"vision_tower": str(tmp_path / "clip"), "llm": str(llm_dir), "projector": "mlp2x_gelu"}, template="vicuna_v1")
     bundle = build_model(spec)
     model = bundle.model
     assert bundle.tokenizer.image_token_id == model.config.image_token_index and bundle.tokenizer.pad_token == "<pad>"
@@ -118,7 +118,7 @@ def test_from_components_siglip_keeps_every_patch(tmp_path):
     SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                          image_size=32, patch_size=8)).save_pretrained(tmp_path / "siglip")  # fmt: skip
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "siglip")
-    bundle = build_model(ModelSpec(components={"vision_tower": str(tmp_path / "siglip"), "llm": str(llm_dir)}, image_mode="square"))
+    bundle = build_model(ModelSpec(components={"vision_tower": str(tmp_path / "siglip"), "llm": str(llm_dir)}, image_mode="square", template="chatml_direct"))
     assert bundle.model.config.vision_feature_select_strategy == "full"  # no CLS token to drop
     assert image_tokens(bundle, make_image(32, 32)) == 16
     assert list(bundle.processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
@@ -132,3 +132,5 @@ def test_bad_names_fail_before_loading():
         build_model(ModelSpec(preset="llava-1.5-7"))
     with pytest.raises(ValueError, match=r"unknown conversation template 'vicunna'"):
         build_model(ModelSpec(preset="tiny", template="vicunna"))
+    with pytest.raises(ValueError, match=r"model.template: required with model.components .* it is never guessed"):
+        build_model(ModelSpec(components={"vision_tower": "v", "llm": "l"}))

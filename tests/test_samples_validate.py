@@ -89,6 +89,18 @@ def test_validation_report_names_each_problem(tiny_bundle, folder):
     assert {p.id: p.kind for p in report.problems}["good-1"] == "too_long"
 
 
+def test_policy_fails_or_skips_with_ids(tiny_bundle, folder):
+    from llava_platform.data.validate import DataError
+
+    path = write_dataset(folder, BAD_DATASET)
+    report, _ = validate_dataset(str(path), SampleEncoder(tiny_bundle.processor, tiny_bundle.template, folder, max_length=200))
+    with pytest.raises(DataError, match=r"(?s)bad records \(set data.on_bad_record: skip.*- missing: missing_image"):
+        report.enforce("fail", max_untrainable_fraction=1.0)
+    with pytest.raises(DataError, match=r"1 of 6 samples have no trained token \(16.7% > data.max_untrainable_fraction=0.1\): long"):
+        report.enforce("skip", max_untrainable_fraction=0.1)
+    report.enforce("skip", max_untrainable_fraction=0.2)  # within the threshold: skipped and reported
+
+
 def test_validate_data_cli(tiny_bundle, folder):
     path = write_dataset(folder, BAD_DATASET)
     result = run_job("validate_data", "--data", str(path), "--image-folder", str(folder), "--template", "vicuna_v1", "--max-length", "200")

@@ -14,12 +14,16 @@ from llava_platform.data.images import ImageError
 from llava_platform.data.records import BadRecord, read_records
 from llava_platform.data.samples import EncodedSample, SampleEncoder
 
-__all__ = ["Problem", "ValidationReport", "validate_dataset"]
+__all__ = ["Problem", "ValidationReport", "DataError", "validate_dataset"]
 
 # problem kinds, in report order
 MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG, UNTRAINABLE = (
     "malformed", "missing_image", "unreadable_image", "too_long", "no_trained_token",
 )  # fmt: skip
+
+
+class DataError(ValueError):
+    """The dataset fails the spec's policy; the message lists the bad record ids."""
 
 
 @dataclass
@@ -68,6 +72,23 @@ class ValidationReport:
         if len(self.problems) > max_listed:
             lines.append(f"  ... and {len(self.problems) - max_listed} more")
         return "\n".join(lines)
+
+
+    def enforce(self, on_bad_record: str = "fail", max_untrainable_fraction: float = 0.0) -> None:
+        """Apply DataSpec's policy before training: raise DataError, or allow skipping with the ids reported.
+
+        fail: any problem stops the job. skip: malformed / image problems are skipped (and reported by
+        the caller); samples with no trained token are still limited to max_untrainable_fraction.
+        """
+        untrainable = [p.id for p in self.problems if p.kind == UNTRAINABLE]
+        if on_bad_record == "fail" and len(self.problems) > len(untrainable):
+            raise DataError(f"{self.path}: bad records (set data.on_bad_record: skip to drop them):\n{self.format()}")
+        if self.total and len(untrainable) / self.total > max_untrainable_fraction:
+            raise DataError(
+                f"{self.path}: {len(untrainable)} of {self.total} samples have no trained token "
+                f"({len(untrainable) / self.total:.1%} > data.max_untrainable_fraction={max_untrainable_fraction}): "
+                f"{', '.join(untrainable[:20])}{' ...' if len(untrainable) > 20 else ''}"
+            )
 
 
 def _classify(encoder: SampleEncoder, record, error: Exception) -> str:

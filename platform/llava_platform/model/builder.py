@@ -92,7 +92,10 @@ def _resolve(spec: ModelSpec, preset: Preset | None, projector: str) -> ModelSpe
     """Fill the spec's unset input-handling fields from the preset (or LLaVA-1.5 defaults)."""
     projector_depth(projector)  # fail fast on a bad name
     # components: the select strategy waits for the tower's type (CLIP drops CLS: default; SigLIP has none: full)
-    defaults: dict[str, Any] = dict(template="vicuna_v1", image_mode="pad", vision_feature_layer=-2)
+    defaults: dict[str, Any] = dict(image_mode="pad", vision_feature_layer=-2)
+    if preset is None and spec.template is None:
+        raise ValueError("model.template: required with model.components (e.g. vicuna_v1 for Vicuna / Llama-2 chat "
+                         "LLMs, mistral_instruct for Mistral, chatml_direct for ChatML models); it is never guessed")
     if preset is not None:
         defaults = dict(template=preset.template, image_mode=preset.image_mode,
                         vision_feature_layer=preset.vision_feature_layer,
