@@ -83,3 +83,14 @@ def test_image_count_must_match_placeholders(engine):
         engine.generate([bad])
     with pytest.raises(TemplateError, match="must end with a user turn"):
         engine.generate([GenerationRequest([Message("user", "hi"), Message("assistant", "yo")])])
+
+
+def test_closing_a_stream_stops_generation(engine):
+    import threading
+
+    before = threading.active_count()
+    stream = engine.stream(REQUESTS[:1], SamplingSpec(max_new_tokens=100_000))
+    first = next(stream)
+    assert first.index == 0 and first.delta
+    stream.close()  # returns once generate() has stopped: the cancel criterion ends it at the next step
+    assert threading.active_count() == before

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from PIL import Image
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from llava_platform.config import SamplingSpec
@@ -65,6 +66,16 @@ class _TokenQueue(BaseStreamer):
 
     def end(self) -> None:
         self.queue.put(None)
+
+
+class _Cancel(StoppingCriteria):
+    """Set by the consumer (closed stream, client gone): generate() stops at its next step."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class InferenceEngine:
@@ -149,15 +160,17 @@ class InferenceEngine:
         sampling = sampling or SamplingSpec()
         inputs = self.prepare(requests)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        streamer = _TokenQueue()
+        streamer, cancel = _TokenQueue(), _Cancel()
         errors: list[BaseException] = []
+        rng_devices = [] if self.model.device.type == "cpu" else [self.model.device]
 
         def run() -> None:
             try:
-                with torch.inference_mode(), torch.random.fork_rng(devices=[] if self.model.device.type == "cpu" else [self.model.device]):
+                with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
                     if sampling.seed is not None:
                         torch.manual_seed(sampling.seed)
-                    self.model.generate(**inputs, **self._generate_kwargs(sampling), streamer=streamer)
+                    self.model.generate(**inputs, **self._generate_kwargs(sampling), streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([cancel]))  # fmt: skip
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
                 streamer.end()
@@ -165,12 +178,15 @@ class InferenceEngine:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         decoders = [_RowDecoder(self.tokenizer, self.stop_ids, self._stop_strings(sampling)) for _ in requests]
-        while (step := streamer.queue.get()) is not None:
-            for i, token in enumerate(step):
-                delta = decoders[i].add(token)
-                if delta:
-                    yield StreamEvent(i, delta)
-        thread.join()
+        try:
+            while (step := streamer.queue.get()) is not None:
+                for i, token in enumerate(step):
+                    delta = decoders[i].add(token)
+                    if delta:
+                        yield StreamEvent(i, delta)
+        finally:  # also when the consumer stops early: no generation left running on its own
+            cancel.event.set()
+            thread.join()
         if errors:
             raise errors[0]
         for i, dec in enumerate(decoders):
