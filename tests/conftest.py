@@ -29,6 +29,19 @@ def run_job(module: str, *args: str, stdin: str | None = None, timeout: int = 30
     )  # fmt: skip
 
 
+def plain_tokenizer():
+    """A byte-level tokenizer with no <image> and no pad token, as a hub LLM's would be."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    tok.train_from_iterator(["hello world, what is it?"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle():
     from llava_platform.config import ModelSpec

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, LlavaForConditionalGeneration,
-    LlavaNextForConditionalGeneration, PreTrainedTokenizerFast, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel,
+    LlavaNextForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel,
 )  # fmt: skip
 
-from conftest import make_image
+from conftest import make_image, plain_tokenizer
 from llava_platform.config import ModelSpec
 from llava_platform.model import build_model, load_checkpoint, save_checkpoint
 from llava_platform.model.projector import MlpProjector
@@ -77,12 +76,8 @@ def test_linear_and_deep_projectors(tmp_path):
 
 
 def small_llm_dir(tmp_path):
-    """A tiny Llama + a byte-level tokenizer with no <image> and no pad token, as a hub LLM would be."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["hello world"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))  # fmt: skip
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    """A tiny Llama + its tokenizer, saved as a hub LLM would be."""
+    tokenizer = plain_tokenizer()
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
     llm.save_pretrained(tmp_path / "llm")

@@ -47,7 +47,10 @@ from llava_platform.model.presets import Preset, get_preset
 from llava_platform.model.projector import install_projector, projector_act, projector_depth
 from llava_platform.model.tokenizer import add_platform_tokens, build_tiny_tokenizer
 
-__all__ = ["ModelBundle", "build_model", "build_processor", "build_processor_for", "DTYPES", "quantization_config"]
+__all__ = [
+    "ModelBundle", "build_model", "assemble_model", "build_processor", "build_processor_for", "DTYPES",
+    "quantization_config", "load_vision_tower", "image_stats",
+]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VISION_MODELS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
@@ -203,10 +206,10 @@ def build_processor_for(spec: ModelSpec) -> ProcessorMixin:
     vision_config = AutoConfig.from_pretrained(vision_name)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # full CLIP config -> its vision part
     spec = _with_select_strategy(spec, vision_config)
-    return build_processor(tokenizer, vision_config, spec, *_image_stats(vision_name))
+    return build_processor(tokenizer, vision_config, spec, *image_stats(vision_name))
 
 
-def _load_vision_tower(name: str, dtype: torch.dtype) -> PreTrainedModel:
+def load_vision_tower(name: str, dtype: torch.dtype) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(name)
     cls = VISION_MODELS.get(config.model_type)
     if cls is None:
@@ -214,7 +217,7 @@ def _load_vision_tower(name: str, dtype: torch.dtype) -> PreTrainedModel:
     return cls.from_pretrained(name, dtype=dtype)
 
 
-def _image_stats(name: str) -> tuple[list[float], list[float]]:
+def image_stats(name: str) -> tuple[list[float], list[float]]:
     """The vision tower's own normalisation (CLIP and SigLIP differ); CLIP's if it ships none."""
     try:
         proc = AutoImageProcessor.from_pretrained(name)
@@ -241,15 +244,22 @@ def quantization_config(spec: ModelSpec):
 def _build_from_components(spec: ModelSpec, vision_name: str, llm_name: str, projector: str) -> ModelBundle:
     """Pretrained vision tower + pretrained LLM + a fresh projector (stage-1 starting point)."""
     dtype = DTYPES[spec.dtype]
-    vision = _load_vision_tower(vision_name, dtype)
+    vision = load_vision_tower(vision_name, dtype)
     llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=dtype, quantization_config=quantization_config(spec))
     tokenizer = AutoTokenizer.from_pretrained(llm_name)
+    return assemble_model(spec, vision, llm, tokenizer, projector, *image_stats(vision_name))
+
+
+def assemble_model(spec: ModelSpec, vision: PreTrainedModel, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   projector: str, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD) -> ModelBundle:  # fmt: skip
+    """A LLaVA model around these vision tower and LLM modules (moved in, not copied) with a fresh projector."""
     add_platform_tokens(tokenizer)
     spec = _with_select_strategy(spec, vision.config)
     config = _llava_config(vision.config, llm.config, tokenizer.image_token_id, spec, projector)
+    dtype = llm.get_input_embeddings().weight.dtype
     with init_empty_weights():
         model = _model_class(config)(config)
-    # move the pretrained parts in; only the projector (and LLaVA-NeXT's image_newline) is new
+    # only the projector (and LLaVA-NeXT's image_newline) is new
     model.model.vision_tower = vision
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
@@ -264,6 +274,5 @@ def _build_from_components(spec: ModelSpec, vision_name: str, llm_name: str, pro
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # new rows: mean of the old ones
     if projector_depth(projector) > 2:
         warnings.warn(f"{projector}: checkpoints load with llava_platform only (HF's projector has two layers)")
-    mean, std = _image_stats(vision_name)
-    processor = build_processor(tokenizer, vision.config, spec, mean, std)
+    processor = build_processor(tokenizer, vision.config, spec, image_mean, image_std)
     return ModelBundle(model, processor, get_template(spec.template), spec)
