@@ -21,7 +21,16 @@ def test_layout_and_resolved_spec(tiny_checkpoint):
     saved = yaml.safe_load((tiny_checkpoint / SPEC_FILE).read_text())
     assert saved["template"] == "vicuna_v1" and saved["image_mode"] == "pad" and saved["preset"] == "tiny"
     assert not [p for p in os.listdir(tiny_checkpoint.parent) if p.startswith(".")]  # no temp dirs left behind
-    assert load_checkpoint(tiny_checkpoint).template.name == "vicuna_v1"  # no other argument needed
+    bundle = load_checkpoint(tiny_checkpoint)  # no other argument needed
+    assert bundle.template.name == "vicuna_v1"
+    # the tokenizer alone also carries the chat template
+    from transformers import AutoTokenizer
+
+    messages = [Message("user", "<image>\nWhat is it?")]
+    prompt = AutoTokenizer.from_pretrained(tiny_checkpoint).apply_chat_template(
+        [{"role": "user", "content": messages[0].content}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == bundle.template.render(messages, add_generation_prompt=True).text
 
 
 def test_atomic_directory_never_leaves_a_half_written_final(tmp_path):
