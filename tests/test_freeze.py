@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 
+from llava_platform.config import LoraSpec
 from llava_platform.model.freeze import apply_freeze, component_of, param_groups
+from llava_platform.model.lora import apply_lora
 
 
 def trainable_components(model) -> dict[str, set[bool]]:
@@ -58,3 +60,20 @@ def test_pretrain_step_changes_only_the_projector(model, tiny_bundle):
     optimizer.step()
     changed = {component_of(n) for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"projector"}
+
+
+def test_lora_finetune_keeps_peft_choice(model):
+    peft_model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    chosen = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    apply_freeze(peft_model, "finetune")
+    assert {n for n, p in peft_model.named_parameters() if p.requires_grad} == chosen  # adapters + projector copy
+    apply_freeze(peft_model, "finetune", train_vision_tower=True)
+    now = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert now - chosen == {n for n in now if component_of(n) == "vision_tower"} and now - chosen
+    groups = {g["name"]: g for g in param_groups(peft_model, lr=2e-4, projector_lr=1e-3)}
+    # adapters are matrices and Llama has no biases: no llm_no_decay group
+    assert set(groups) == {"llm", "projector", "projector_no_decay", "vision_tower", "vision_tower_no_decay"}
+    assert groups["projector"]["lr"] == 1e-3 and groups["llm"]["lr"] == 2e-4
+    assert sum(len(g["params"]) for g in groups.values()) == len(now)
+    with pytest.raises(ValueError, match="LoRA is for stage 2: remove model.lora from the pretrain spec"):
+        apply_freeze(peft_model, "pretrain")

@@ -2,12 +2,13 @@
 
 import copy
 
+import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import make_image
-from llava_platform.config import LoraSpec
-from llava_platform.model import save_checkpoint
+from llava_platform.config import LoraSpec, ModelSpec
+from llava_platform.model import build_model, save_checkpoint
 from llava_platform.model.builder import ModelBundle
 from llava_platform.model.freeze import component_of
 from llava_platform.model.lora import apply_lora, llm_linear_names, merge_lora
@@ -31,11 +32,33 @@ def test_adapters_only_on_llm_linears(tiny_bundle):
     assert adapted and all(component_of(n + ".weight") == "llm" and "lm_head" not in n for n in adapted)
     layers = tiny_bundle.model.config.text_config.num_hidden_layers
     assert len(adapted) == 7 * layers == len(llm_linear_names(tiny_bundle.model))  # q k v o gate up down
+    # trainable = exactly A and B of every adapter + the projector's trained copy (its original stays frozen)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
-    assert any("multi_modal_projector.modules_to_save" in n for n in trainable)
+    adapters = {f"{n}.lora_{ab}.default.weight" for n in adapted for ab in "AB"}
+    projector = {f"base_model.model.model.multi_modal_projector.modules_to_save.default.{n}"
+                 for n, _ in tiny_bundle.model.model.multi_modal_projector.named_parameters()}  # fmt: skip
+    assert trainable == adapters | projector
     only_qv = lora_model(tiny_bundle, target_modules=["q_proj", "v_proj"])
     assert sum(n.endswith(".lora_A") for n, _ in only_qv.named_modules()) == 2 * layers
+
+
+def test_projector_frozen_when_not_trained(tiny_bundle):
+    model = lora_model(tiny_bundle, train_projector=False)
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_lora_on_llava_next_trains_image_newline_with_the_projector():
+    next_model = build_model(ModelSpec(preset="tiny", image_mode="anyres")).model
+    assert type(next_model).__name__ == "LlavaNextForConditionalGeneration"
+    with_projector = apply_lora(copy.deepcopy(next_model), LoraSpec(r=4, alpha=8))
+    assert with_projector.base_model.model.model.image_newline.requires_grad  # a Parameter: peft cannot wrap it
+    without = apply_lora(next_model, LoraSpec(r=4, alpha=8, train_projector=False))
+    assert not without.base_model.model.model.image_newline.requires_grad
+
+
+def test_unknown_target_module_is_named(tiny_bundle):
+    with pytest.raises(ValueError, match=r"model.lora.target_modules: \['qproj'\] are not linear layers of the LLM"):
+        apply_lora(copy.deepcopy(tiny_bundle.model), LoraSpec(target_modules=["qproj"]))
 
 
 def test_merged_model_equals_adapter_model(tiny_bundle, tmp_path):

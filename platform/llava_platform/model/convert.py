@@ -12,13 +12,16 @@ and a tokenizer without an <image> token (the original code splices features at 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel
 
 from llava_platform.config import ModelSpec
 from llava_platform.model.builder import DTYPES, ModelBundle, _resolve, assemble_model, image_stats, load_vision_tower
@@ -30,17 +33,32 @@ LLMS = {"llava_llama": (LlamaConfig, LlamaForCausalLM), "llava_mistral": (Mistra
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}  # original -> HF vision_feature_select_strategy
 IMAGE_MODE = {"pad": "pad", "square": "square", "anyres": "anyres"}
 VISION_PREFIX = "model.vision_tower.vision_tower."
+NOT_LLM = ("model.mm_projector.", "model.vision_tower.", "model.image_newline")
+# buffers that older transformers saved in state dicts and newer ones recompute: never weights
+STALE_BUFFERS = (".rotary_emb.inv_freq", "embeddings.position_ids")
 
 
 def read_original_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors or pytorch_model*.bin checkpoint."""
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
-        raise ValueError(f"{path}: no *.safetensors or pytorch_model*.bin weights found")
+        hint = " (mm_projector.bin alone is a pretrain-stage projector, not a full model)" if (path / "mm_projector.bin").exists() else ""
+        raise ValueError(f"{path}: no *.safetensors or pytorch_model*.bin weights found{hint}")
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu", weights_only=True))
-    return state
+    return {k: v for k, v in state.items() if not k.endswith(STALE_BUFFERS)}
+
+
+def _original_pinpoints(path: Path, raw) -> list[tuple[int, int]]:
+    """Original lists (width, height) (mm_utils.select_best_resolution: `for width, height in ...`),
+    possibly as a string it literal_evals; transformers and ModelSpec list (height, width)."""
+    try:
+        pairs = ast.literal_eval(raw) if isinstance(raw, str) else raw
+        return [(int(h), int(w)) for w, h in pairs]
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{path}/config.json: image_grid_pinpoints {raw!r} is not a list of [width, height] pairs; "
+                         "fix it there or set model.image_grid_pinpoints as (height, width) pairs") from e  # fmt: skip
 
 
 def _resolve_original(path: Path, cfg: dict, spec: ModelSpec) -> ModelSpec:
@@ -54,9 +72,11 @@ def _resolve_original(path: Path, cfg: dict, spec: ModelSpec) -> ModelSpec:
     aspect = cfg.get("image_aspect_ratio", "square")
     if aspect not in IMAGE_MODE:
         raise ValueError(f"{path}/config.json: image_aspect_ratio {aspect!r} is not supported; expected one of {sorted(IMAGE_MODE)}")
-    if aspect == "anyres" and cfg.get("mm_patch_merge_type", "spatial_unpad") != "spatial_unpad":
-        raise ValueError(f"{path}/config.json: mm_patch_merge_type {cfg['mm_patch_merge_type']!r}: transformers' LLaVA-NeXT "
-                         "implements spatial_unpad only")  # fmt: skip
+    # the original defaults to 'flat' (tiles concatenated, no unpad, no newline): transformers has no such mode
+    merge = cfg.get("mm_patch_merge_type", "flat")
+    if aspect == "anyres" and merge != "spatial_unpad":
+        raise ValueError(f"{path}/config.json: mm_patch_merge_type {merge!r} with image_aspect_ratio anyres: transformers' "
+                         "LLaVA-NeXT implements spatial_unpad only; such a checkpoint cannot convert")  # fmt: skip
     select = cfg.get("mm_vision_select_feature", "patch")
     if select not in SELECT_FEATURE:
         raise ValueError(f"{path}/config.json: mm_vision_select_feature {select!r}: expected patch or cls_patch")
@@ -66,10 +86,31 @@ def _resolve_original(path: Path, cfg: dict, spec: ModelSpec) -> ModelSpec:
         vision_feature_select_strategy=SELECT_FEATURE[select],
     )
     if cfg.get("image_grid_pinpoints") and not spec.image_grid_pinpoints:
-        # original LLaVA lists (width, height) (select_best_resolution iterates `for width, height in ...`);
-        # transformers lists (height, width)
-        update["image_grid_pinpoints"] = [(h, w) for w, h in cfg["image_grid_pinpoints"]]
+        update["image_grid_pinpoints"] = _original_pinpoints(path, cfg["image_grid_pinpoints"])
     return _resolve(spec.model_copy(update=update), None, cfg.get("mm_projector_type", "linear"))
+
+
+def _check_keys(what: str, missing: list[str], unexpected: list[str], allowed_missing: set[str], fix: str) -> None:
+    missing = sorted(set(missing) - allowed_missing)
+    if missing or unexpected:
+        raise ValueError(f"{what}: weights do not fit: missing {missing[:5]}, unexpected {sorted(unexpected)[:5]}; {fix}")
+
+
+def _load_llm(path: Path, cfg: dict, state: dict[str, torch.Tensor], dtype: torch.dtype) -> PreTrainedModel:
+    """The LLM built from the flat config, its weights assigned (no random init of billions of parameters)."""
+    config_cls, llm_cls = LLMS[cfg["model_type"]]
+    llm_fields = {k: v for k, v in cfg.items() if not re.match(r"mm_|image_|tune_|freeze_|tokenizer_|use_mm_|unfreeze_", k)}
+    llm_fields.update(model_type=config_cls.model_type, architectures=[llm_cls.__name__])
+    with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) real, in float32
+        llm = llm_cls(config_cls(**llm_fields))
+    llm_state = {k: v.to(dtype) for k, v in state.items() if not k.startswith(NOT_LLM)}
+    missing, unexpected = llm.load_state_dict(llm_state, strict=False, assign=True)
+    tied = llm.config.tie_word_embeddings
+    _check_keys(f"{path} (LLM)", missing, unexpected, {"lm_head.weight"} if tied else set(),
+                f"check model_type {cfg['model_type']!r} and the layer counts in config.json")  # fmt: skip
+    if tied:
+        llm.tie_weights()
+    return llm
 
 
 def _projector_weights(state: dict[str, torch.Tensor], projector: str) -> dict[str, torch.Tensor]:
@@ -79,10 +120,10 @@ def _projector_weights(state: dict[str, torch.Tensor], projector: str) -> dict[s
         if not key.startswith("model.mm_projector."):
             continue
         rest = key.removeprefix("model.mm_projector.")
-        if projector_depth(projector) == 1:
-            out[f"linear_1.{rest}"] = tensor
+        index, _, param = rest.partition(".")
+        if projector_depth(projector) == 1 or not index.isdigit():
+            out[f"linear_1.{rest}"] = tensor  # a misfiled Sequential key shows up as unexpected
         else:
-            index, param = rest.split(".", 1)
             out[f"linear_{int(index) // 2 + 1}.{param}"] = tensor  # Sequential: linears at 0, 2, 4, ...
     return out
 
@@ -90,38 +131,50 @@ def _projector_weights(state: dict[str, torch.Tensor], projector: str) -> dict[s
 def load_original_checkpoint(path: str | Path, spec: ModelSpec) -> ModelBundle:
     """An HF LlavaForConditionalGeneration / LlavaNext... with the original checkpoint's weights."""
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model.original_checkpoint {str(path)!r}: no config.json there; point it at the original LLaVA checkpoint directory")
     cfg = json.loads((path / "config.json").read_text())
     model_type = cfg.get("model_type")
     if model_type not in LLMS:
         raise ValueError(f"{path}/config.json: model_type {model_type!r} is not an original LLaVA checkpoint; "
                          f"expected one of {sorted(LLMS)} (an HF LLaVA checkpoint goes in model.checkpoint)")  # fmt: skip
     spec = _resolve_original(path, cfg, spec)
+    dtype = DTYPES[spec.dtype]
     projector = cfg.get("mm_projector_type", "linear")
     tower = cfg.get("mm_vision_tower")
     if not tower:
         raise ValueError(f"{path}/config.json: mm_vision_tower is missing; set it to the CLIP model the checkpoint was trained with")
     try:
-        vision = load_vision_tower(tower, DTYPES[spec.dtype])
+        vision = load_vision_tower(tower, dtype)
     except OSError as e:
         raise ValueError(f"{path}/config.json: mm_vision_tower {tower!r} cannot be loaded ({e}); point it at a local copy "
                          "of that CLIP model, or run where the hub is reachable") from e  # fmt: skip
+    if cfg.get("mm_hidden_size", vision.config.hidden_size) != vision.config.hidden_size:
+        raise ValueError(f"{path}/config.json: mm_hidden_size {cfg['mm_hidden_size']} but mm_vision_tower {tower!r} has "
+                         f"hidden_size {vision.config.hidden_size}; point mm_vision_tower at the tower it was trained with")  # fmt: skip
 
     state = read_original_weights(path)
-    config_cls, llm_cls = LLMS[model_type]
-    llm_fields = {k: v for k, v in cfg.items() if not re.match(r"mm_|image_|tune_|freeze_|tokenizer_|use_mm_|unfreeze_", k)}
-    llm_fields.update(model_type=config_cls.model_type, architectures=[llm_cls.__name__])
-    llm = llm_cls(config_cls(**llm_fields)).to(DTYPES[spec.dtype])
-    llm_state = {k: v for k, v in state.items() if not k.startswith(("model.mm_projector.", "model.vision_tower.", "model.image_newline"))}
-    llm.load_state_dict(llm_state, strict=not llm.config.tie_word_embeddings)
+    llm = _load_llm(path, cfg, state, dtype)
     tuned_tower = {k.removeprefix(VISION_PREFIX).removeprefix("vision_model."): v for k, v in state.items() if k.startswith(VISION_PREFIX)}
-    if tuned_tower:
-        vision.load_state_dict(tuned_tower, strict=True)
+    if tuned_tower:  # the checkpoint's own (tuned) tower overrides mm_vision_tower's weights
+        _check_keys(f"{path} (vision tower)", *vision.load_state_dict(tuned_tower, strict=False), set(),
+                    f"model.vision_tower.vision_tower.* must be the weights of {tower!r}")  # fmt: skip
 
     bundle = assemble_model(spec, vision, llm, AutoTokenizer.from_pretrained(path), projector, *image_stats(tower))
     inner = bundle.model.model
-    inner.multi_modal_projector.load_state_dict(_projector_weights(state, projector), strict=projector_depth(projector) != 1)
-    if "model.image_newline" in state:
-        if not hasattr(inner, "image_newline"):
-            raise ValueError(f"{path}: has model.image_newline (LLaVA-NeXT) but image_aspect_ratio is not anyres")
-        inner.image_newline.data.copy_(state["model.image_newline"])
+    # linear: the HF pair's linear_2 stays the identity that install_projector set
+    missing, unexpected = inner.multi_modal_projector.load_state_dict(_projector_weights(state, projector), strict=False)
+    _check_keys(f"{path} (projector)", missing, unexpected,
+                {"linear_2.weight", "linear_2.bias"} if projector_depth(projector) == 1 else set(),
+                f"check mm_projector_type ({projector!r}) in config.json against the model.mm_projector.* keys")  # fmt: skip
+    if hasattr(inner, "image_newline"):
+        if "model.image_newline" in state:
+            inner.image_newline.data.copy_(state["model.image_newline"])
+        elif cfg.get("image_aspect_ratio") == "anyres":
+            raise ValueError(f"{path}: image_aspect_ratio anyres with spatial_unpad but no model.image_newline weight; "
+                             "the checkpoint is incomplete")  # fmt: skip
+        else:  # model.image_mode: anyres on a LLaVA-1.5 checkpoint: a NeXT starting point
+            warnings.warn(f"{path}: converted to anyres from image_aspect_ratio {cfg.get('image_aspect_ratio')!r}; "
+                          "image_newline is freshly initialised and needs training")  # fmt: skip
+    # a non-anyres checkpoint's model.image_newline is unused by the original code too: dropped
     return bundle

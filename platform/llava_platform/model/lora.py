@@ -32,7 +32,8 @@ def llm_linear_names(model: nn.Module, leaf_names: list[str] | None = None) -> l
 def apply_lora(model: PreTrainedModel, lora: LoraSpec) -> PeftModel:
     """Wrap with adapters; a bitsandbytes-quantized model is prepared for k-bit training first (QLoRA)."""
     if getattr(model, "is_quantized", False):
-        # norms and unquantized parts to fp32, input grads on; checkpointing is the trainer's choice
+        # freezes everything and casts the unquantized fp16/bf16 weights to fp32 (stable adapter training);
+        # gradient checkpointing, and the input-grad hook it needs, stay the trainer's choice
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=lora.r,
@@ -42,9 +43,16 @@ def apply_lora(model: PreTrainedModel, lora: LoraSpec) -> PeftModel:
         modules_to_save=["multi_modal_projector"] if lora.train_projector else None,
         bias="none",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    newline = getattr(model.model, "image_newline", None)  # LLaVA-NeXT: a bare Parameter, so not a modules_to_save
+    if newline is not None:
+        newline.requires_grad_(lora.train_projector)  # it trains with the projector, as in full fine-tuning
+    return peft_model
 
 
 def merge_lora(model: PeftModel) -> PreTrainedModel:
-    """The plain LLaVA model with adapters folded into the weights and the trained projector in place."""
+    """The plain LLaVA model with adapters folded into the weights and the trained projector in place.
+
+    image_newline was trained in place (it is a base-model parameter), so it needs no merging.
+    """
     return model.merge_and_unload()
