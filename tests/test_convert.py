@@ -161,10 +161,12 @@ def test_conversion_matches_the_original_forward(tmp_path, projector):
 
 
 def test_sharded_fp16_bin_with_tied_embeddings_and_tuned_tower(tmp_path):
-    ckpt, vision, llm, proj, tokenizer = write_original(tmp_path, tie=True, shards=2, tuned_tower=True)
+    # torch_dtype float16: what the released configs say; the converted model is float32 (spec.dtype)
+    ckpt, vision, llm, proj, tokenizer = write_original(tmp_path, tie=True, shards=2, tuned_tower=True, torch_dtype="float16")
     assert not list(ckpt.glob("*.safetensors")) and (ckpt / "pytorch_model.bin.index.json").exists()
     bundle = build_model(ModelSpec(original_checkpoint=str(ckpt), template="vicuna_v1"))
     model = bundle.model
+    assert model.config.text_config.dtype == torch.float32  # no stale float16 in the saved text_config
     converted_tower = model.model.vision_tower
     assert torch.equal(converted_tower.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight)
     assert not torch.equal(converted_tower.embeddings.patch_embedding.weight,
@@ -250,6 +252,8 @@ def test_conversion_errors_name_the_field(tmp_path):
     spec = ModelSpec(original_checkpoint=str(ckpt), template="vicuna_v1")
     with pytest.raises(ValueError, match=r"set model.template \(or --template\): vicuna_v1 for LLaVA-1.5"):
         build_model(ModelSpec(original_checkpoint=str(ckpt)))
+    with pytest.raises(ValueError, match=r"model.quantization '4bit' is not applied while converting.*convert it first"):
+        build_model(ModelSpec(original_checkpoint=str(ckpt), template="vicuna_v1", quantization="4bit"))
     config = json.loads((ckpt / "config.json").read_text())
 
     def with_config(**fields):
@@ -275,6 +279,11 @@ def test_conversion_errors_name_the_field(tmp_path):
         build_model(spec)
     with_config(image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad", image_grid_pinpoints="[[64, 32],")
     with pytest.raises(ValueError, match=r"image_grid_pinpoints .* is not a list of \[width, height\] pairs"):
+        build_model(spec)
+    with_config()
+    for file in ckpt.glob("*token*"):
+        file.unlink()
+    with pytest.raises(ValueError, match=r"(?s)no loadable tokenizer .*copy the tokenizer files of the checkpoint's LLM"):
         build_model(spec)
 
 

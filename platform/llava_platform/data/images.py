@@ -6,8 +6,9 @@ Modes (all three are transformers' own processors, configured as LLaVA uses them
     anyres  LLaVA-NeXT: best grid pinpoint, tiles of image_size plus the resized base image
 
 Loading follows transformers' `convert_to_rgb`, so `processor(load_image(x))` equals
-`processor(x)` for any image PIL opens: transparency is composited on white. Like
-original LLaVA and transformers, EXIF orientation is not applied.
+`processor(x)`: transparency is composited on white. One exception: 16-bit greyscale is
+scaled to 8 bits, where convert("RGB") (and so transformers) would clip it to white.
+Like original LLaVA and transformers, EXIF orientation is not applied.
 """
 
 from __future__ import annotations

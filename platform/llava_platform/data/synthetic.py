@@ -91,15 +91,20 @@ def _scene_json(scene: tuple[Obj, ...]) -> list[dict[str, str]]:
 
 def generate(out_dir: str | Path, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 64) -> SyntheticPaths:
     """Write images and the three JSON files; the same arguments give byte-identical output."""
+    if num_train < 0 or num_test < 0:
+        raise ValueError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
+    # distinct scenes: 4*12 + 6*12**2 + 4*12**3 = 7824; the cap keeps rejection sampling quick
+    limit = 7000
+    if num_train + num_test > limit:
+        raise ValueError(f"at most {limit} distinct scenes exist for train + test; asked for {num_train + num_test}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 pixels so each shape is visible, got {image_size}")
     root = Path(out_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     test_scenes: set[tuple[Obj, ...]] = set()
     train_scenes: list[tuple[Obj, ...]] = []
     seen: set[tuple[Obj, ...]] = set()
-    limit = 7000  # distinct scenes: 48 + 792 + 6912 minus repeats; far fewer are ever needed
-    if num_train + num_test > limit:
-        raise ValueError(f"at most {limit} distinct scenes: ask for fewer than {num_train + num_test}")
     while len(seen) < num_test + num_train:
         scene = _random_scene(rng)
         if scene in seen:

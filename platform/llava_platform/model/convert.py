@@ -100,7 +100,9 @@ def _load_llm(path: Path, cfg: dict, state: dict[str, torch.Tensor], dtype: torc
     """The LLM built from the flat config, its weights assigned (no random init of billions of parameters)."""
     config_cls, llm_cls = LLMS[cfg["model_type"]]
     llm_fields = {k: v for k, v in cfg.items() if not re.match(r"mm_|image_|tune_|freeze_|tokenizer_|use_mm_|unfreeze_", k)}
-    llm_fields.update(model_type=config_cls.model_type, architectures=[llm_cls.__name__])
+    llm_fields.pop("torch_dtype", None)  # the training run's dtype; the converted weights are `dtype`
+    llm_fields.update(model_type=config_cls.model_type, architectures=[llm_cls.__name__],
+                      dtype=str(dtype).removeprefix("torch."))  # fmt: skip
     with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) real, in float32
         llm = llm_cls(config_cls(**llm_fields))
     llm_state = {k: v.to(dtype) for k, v in state.items() if not k.startswith(NOT_LLM)}
@@ -111,6 +113,15 @@ def _load_llm(path: Path, cfg: dict, state: dict[str, torch.Tensor], dtype: torc
     if tied:
         llm.tie_weights()
     return llm
+
+
+def _load_tokenizer(path: Path, llm: PreTrainedModel):
+    """The checkpoint's tokenizer; `config=` keeps AutoTokenizer from reading the llava_llama config.json it cannot parse."""
+    try:
+        return AutoTokenizer.from_pretrained(path, config=llm.config)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: no loadable tokenizer ({e}); copy the tokenizer files of the checkpoint's LLM "
+                         "(tokenizer.model / tokenizer.json, tokenizer_config.json) into it") from e  # fmt: skip
 
 
 def _projector_weights(state: dict[str, torch.Tensor], projector: str) -> dict[str, torch.Tensor]:
@@ -131,6 +142,10 @@ def _projector_weights(state: dict[str, torch.Tensor], projector: str) -> dict[s
 def load_original_checkpoint(path: str | Path, spec: ModelSpec) -> ModelBundle:
     """An HF LlavaForConditionalGeneration / LlavaNext... with the original checkpoint's weights."""
     path = Path(path)
+    if spec.quantization != "none":
+        raise ValueError(f"model.quantization {spec.quantization!r} is not applied while converting an original checkpoint; "
+                         "convert it first (python -m jobs.convert_checkpoint), then load the result as model.checkpoint "
+                         "with model.quantization")  # fmt: skip
     if not (path / "config.json").is_file():
         raise ValueError(f"model.original_checkpoint {str(path)!r}: no config.json there; point it at the original LLaVA checkpoint directory")
     cfg = json.loads((path / "config.json").read_text())
@@ -160,7 +175,7 @@ def load_original_checkpoint(path: str | Path, spec: ModelSpec) -> ModelBundle:
         _check_keys(f"{path} (vision tower)", *vision.load_state_dict(tuned_tower, strict=False), set(),
                     f"model.vision_tower.vision_tower.* must be the weights of {tower!r}")  # fmt: skip
 
-    bundle = assemble_model(spec, vision, llm, AutoTokenizer.from_pretrained(path), projector, *image_stats(tower))
+    bundle = assemble_model(spec, vision, llm, _load_tokenizer(path, llm), projector, *image_stats(tower))
     inner = bundle.model.model
     # linear: the HF pair's linear_2 stays the identity that install_projector set
     missing, unexpected = inner.multi_modal_projector.load_state_dict(_projector_weights(state, projector), strict=False)
