@@ -89,3 +89,25 @@ def test_engine_and_plain_transformers_answer_identically(image_mode, cls, tmp_p
     [result] = engine.generate([request], SamplingSpec(max_new_tokens=16))
     assert expected.strip() and result.text == expected.lstrip()
     assert result.completion_tokens == n_tokens
+
+
+def test_foreign_checkpoint_image_mode_is_read_off_its_processor(tmp_path):
+    import shutil
+
+    from llava_platform.data.images import build_image_processor
+
+    torch.manual_seed(0)
+    bundle = build_model(ModelSpec(preset="tiny", image_mode="square"))
+    path = save_checkpoint(bundle, tmp_path / "square")
+    (path / SPEC_FILE).unlink()  # as if saved by plain transformers
+    assert load_checkpoint(path, ModelSpec(checkpoint=str(path), template="vicuna_v1")).spec.image_mode == "square"
+    shutil.rmtree(path)
+    bundle.processor.image_processor = build_image_processor("pad", 64)
+    path = save_checkpoint(bundle, tmp_path / "pad")
+    (path / SPEC_FILE).unlink()
+    assert load_checkpoint(path, ModelSpec(checkpoint=str(path), template="vicuna_v1")).spec.image_mode == "pad"
+
+
+def test_random_init_refuses_quantization():
+    with pytest.raises(ValueError, match="model.quantization '4bit' applies when loading weights"):
+        build_model(ModelSpec(preset="tiny", quantization="4bit"))

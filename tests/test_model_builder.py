@@ -129,3 +129,11 @@ def test_bad_names_fail_before_loading():
         build_model(ModelSpec(preset="tiny", template="vicunna"))
     with pytest.raises(ValueError, match=r"model.template: required with model.components .* it is never guessed"):
         build_model(ModelSpec(components={"vision_tower": "v", "llm": "l"}))
+
+
+def test_full_strategy_keeps_cls_in_the_count():
+    bundle = build_model(ModelSpec(preset="tiny", vision_feature_select_strategy="full"))
+    assert bundle.model.config.image_seq_length == 65 == image_tokens(bundle, make_image(64, 64))
+    inputs = bundle.processor(text=["<image>x"], images=[make_image(64, 64)], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(bundle.model(**inputs).logits).all()

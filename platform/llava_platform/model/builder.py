@@ -129,7 +129,9 @@ def _llava_config(vision_config: PretrainedConfig, text_config: PretrainedConfig
         projector_hidden_act=projector_act(projector),
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
+        # patch tokens, plus CLS when the "full" strategy keeps it
+        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2
+        + (spec.vision_feature_select_strategy == "full" and _has_cls_token(vision_config)),
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
     if spec.image_mode == "anyres":
@@ -177,6 +179,9 @@ def _random_configs(spec: ModelSpec, preset: Preset) -> tuple[PreTrainedTokenize
 
 
 def _build_random(spec: ModelSpec, preset: Preset, device) -> ModelBundle:
+    if spec.quantization != "none":
+        raise ValueError(f"model.quantization {spec.quantization!r} applies when loading weights; a random-init model has "
+                         "none: save it (jobs.build_model) and load it as model.checkpoint with model.quantization")  # fmt: skip
     tokenizer, config = _random_configs(spec, preset)
     with torch.device(device or "cpu"):
         model = _model_class(config)._from_config(config, dtype=DTYPES[spec.dtype])

@@ -70,6 +70,13 @@ def _saved_spec(path: Path) -> ModelSpec | None:
     return validate(yaml.safe_load(file.read_text()), ModelSpec, str(file))
 
 
+def _image_mode_of(config, processor) -> str:
+    """What a checkpoint saved elsewhere (e.g. llava-hf) does with images, read off its processor."""
+    if config.model_type == "llava_next":
+        return "anyres"
+    return "pad" if getattr(processor.image_processor, "do_pad", False) else "square"
+
+
 def load_checkpoint(path: str | Path, spec: ModelSpec | None = None) -> ModelBundle:
     """Load an HF-format LLaVA / LLaVA-NeXT checkpoint (a directory, or a hub id for users with network).
 
@@ -98,7 +105,7 @@ def load_checkpoint(path: str | Path, spec: ModelSpec | None = None) -> ModelBun
     processor = AutoProcessor.from_pretrained(str(path))
     resolved = spec.model_copy(update=dict(
         template=template,
-        image_mode=spec.image_mode or (saved.image_mode if saved else ("anyres" if config.model_type == "llava_next" else None)),
+        image_mode=spec.image_mode or (saved.image_mode if saved else _image_mode_of(config, processor)),
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
     ))  # fmt: skip
