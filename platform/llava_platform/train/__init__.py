@@ -1,0 +1,1 @@
+"""Training: FLOP accounting now; the Ray Train worker loop, DeepSpeed configs and checkpointing next."""

@@ -1,0 +1,54 @@
+"""FLOP accounting: 6N per token when everything trains, less when parts are frozen."""
+
+import copy
+
+import pytest
+
+from llava_platform.model.freeze import apply_freeze
+from llava_platform.train.flops import StepShape, mfu, training_flops
+
+SHAPE = StepShape(sequences=4, text_tokens=4 * 100, seq_len=100, images=4, patches_per_image=65)
+
+
+def counts(model):
+    vocab, hidden = model.config.text_config.vocab_size, model.config.text_config.hidden_size
+    by = {"vision": 0, "proj": 0, "llm": -vocab * hidden}
+    for name, p in model.named_parameters():
+        key = "vision" if "vision_tower" in name else "proj" if "multi_modal_projector" in name else "llm"
+        by[key] += p.numel()
+    return by
+
+
+def test_full_training_is_six_n_plus_attention(tiny_bundle):
+    model = copy.deepcopy(tiny_bundle.model)
+    apply_freeze(model, "finetune", train_vision_tower=True)
+    n = counts(model)
+    cfg = model.config
+    vision_tokens = 4 * 65
+    expected = 6 * (n["vision"] * vision_tokens + 2 * cfg.vision_config.num_hidden_layers * cfg.vision_config.hidden_size * 65 * vision_tokens)
+    expected += 6 * n["proj"] * vision_tokens
+    expected += 6 * (n["llm"] * 400 + 2 * cfg.text_config.num_hidden_layers * cfg.text_config.hidden_size * 100 * 400)
+    assert training_flops(model, SHAPE) == pytest.approx(expected)
+
+
+def test_frozen_parts_cost_less(tiny_bundle):
+    model = copy.deepcopy(tiny_bundle.model)
+    apply_freeze(model, "finetune", train_vision_tower=True)
+    everything = training_flops(model, SHAPE)
+    apply_freeze(model, "finetune")
+    stage2 = training_flops(model, SHAPE)
+    apply_freeze(model, "pretrain")
+    stage1 = training_flops(model, SHAPE)
+    assert everything > stage2 > stage1
+    n = counts(model)
+    # stage 2 drops exactly the tower's backward (4N per vision token, attention included)
+    cfg = model.config
+    vision_fwd = n["vision"] * 260 + 2 * cfg.vision_config.num_hidden_layers * cfg.vision_config.hidden_size * 65 * 260
+    assert everything - stage2 == pytest.approx(4 * vision_fwd)
+    # stage 1: the frozen LLM still back-propagates activations to the projector (4N, not 6N)
+    llm = n["llm"] * 400 + 2 * cfg.text_config.num_hidden_layers * cfg.text_config.hidden_size * 100 * 400
+    assert stage2 - stage1 == pytest.approx(2 * llm)
+
+
+def test_mfu():
+    assert mfu(989e12 * 0.4 * 8, seconds=1.0, devices=8, peak_tflops=989.0) == pytest.approx(0.4)
