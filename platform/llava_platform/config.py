@@ -177,13 +177,25 @@ class TrainSpec(StrictModel):
     lr: float = Field(2e-5, gt=0, description="peak learning rate")
     projector_lr: float | None = Field(None, gt=0, description="projector learning rate; default: lr")
     vision_lr: float | None = Field(None, gt=0, description="vision tower learning rate; default: lr")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (never on biases and norms)")
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="fraction of steps with linear warmup")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
-    epochs: float = Field(1.0, gt=0)
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
     global_batch_size: int = Field(128, gt=0, description="samples per optimizer step across all workers")
     micro_batch_size: int = Field(16, gt=0, description="samples per forward pass per worker")
-    seed: int = Field(0)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
+    log_every_steps: int = Field(10, gt=0, description="optimizer steps between metric lines")
+    seed: int = Field(0, description="data order and initialisation seed")
+
+    def accumulation_steps(self, workers: int) -> int:
+        """Micro-batches per optimizer step on each worker, so the global batch stays what the spec says."""
+        per_step = self.micro_batch_size * workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"train.global_batch_size={self.global_batch_size} is not a multiple of train.micro_batch_size="
+                f"{self.micro_batch_size} x {workers} workers; change one of them"
+            )
+        return self.global_batch_size // per_step
 
 
 class BatchSpec(StrictModel):
