@@ -49,7 +49,7 @@ from llava_platform.model.tokenizer import add_platform_tokens, build_tiny_token
 
 __all__ = [
     "ModelBundle", "build_model", "assemble_model", "build_processor", "build_processor_for", "DTYPES",
-    "quantization_config", "load_vision_tower", "image_stats",
+    "quantization_config", "load_vision_tower", "image_stats", "has_cls_token",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,14 +110,14 @@ def _resolve(spec: ModelSpec, preset: Preset | None, projector: str) -> ModelSpe
     return resolved
 
 
-def _has_cls_token(vision_config: PretrainedConfig) -> bool:
+def has_cls_token(vision_config: PretrainedConfig) -> bool:
     return vision_config.model_type.startswith("clip")  # SigLIP has no CLS token
 
 
 def _with_select_strategy(spec: ModelSpec, vision_config: PretrainedConfig) -> ModelSpec:
     if spec.vision_feature_select_strategy is not None:
         return spec
-    return spec.model_copy(update={"vision_feature_select_strategy": "default" if _has_cls_token(vision_config) else "full"})
+    return spec.model_copy(update={"vision_feature_select_strategy": "default" if has_cls_token(vision_config) else "full"})
 
 
 def _llava_config(vision_config: PretrainedConfig, text_config: PretrainedConfig, image_token_id: int,
@@ -131,7 +131,7 @@ def _llava_config(vision_config: PretrainedConfig, text_config: PretrainedConfig
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         # patch tokens, plus CLS when the "full" strategy keeps it
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2
-        + (spec.vision_feature_select_strategy == "full" and _has_cls_token(vision_config)),
+        + (spec.vision_feature_select_strategy == "full" and has_cls_token(vision_config)),
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
     if spec.image_mode == "anyres":
@@ -162,7 +162,7 @@ def build_processor(tokenizer: PreTrainedTokenizerBase, vision_config: Pretraine
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         chat_template=get_template(spec.template).chat_template(),
-        num_additional_image_tokens=1 if _has_cls_token(vision_config) else 0,
+        num_additional_image_tokens=1 if has_cls_token(vision_config) else 0,
     )
 
 

@@ -20,7 +20,7 @@ from transformers import get_scheduler
 from llava_platform.config import TrainSpec
 from llava_platform.data.collate import collate, grouped_batches
 from llava_platform.data.samples import EncodedSample
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model.builder import ModelBundle, has_cls_token
 from llava_platform.model.freeze import apply_freeze, param_groups
 from llava_platform.train.flops import StepShape, mfu, training_flops
 
@@ -72,7 +72,7 @@ def train(bundle: ModelBundle, samples: list[EncodedSample], spec: TrainSpec, *,
                               num_warmup_steps=int(spec.warmup_ratio * steps), num_training_steps=steps)  # fmt: skip
     shard = samples[rank::workers]
     vision = model.config.vision_config
-    patches_per_image = (vision.image_size // vision.patch_size) ** 2 + vision.model_type.startswith("clip")  # + CLS
+    patches_per_image = (vision.image_size // vision.patch_size) ** 2 + has_cls_token(vision)
     pad_id = bundle.tokenizer.pad_token_id
     device = model.device
     trainable = [p for p in model.parameters() if p.requires_grad]
