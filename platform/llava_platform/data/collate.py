@@ -14,6 +14,7 @@ import random
 import torch
 
 from llava_platform.data.encode import IGNORE_INDEX
+from llava_platform.data.images import pad_patches
 from llava_platform.data.samples import EncodedSample
 
 __all__ = ["collate", "grouped_batches"]
@@ -35,8 +36,7 @@ def collate(samples: list[EncodedSample], pad_token_id: int) -> dict[str, torch.
     pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
     if pixels:
         if any(s.image_sizes is not None for s in samples):  # anyres: patch counts differ between images
-            most = max(p.shape[1] for p in pixels)
-            pixels = [torch.cat([p, p.new_zeros(p.shape[0], most - p.shape[1], *p.shape[2:])], dim=1) for p in pixels]
+            pixels = pad_patches(pixels, dim=1)  # (I_sample, P, 3, S, S) per sample
             batch["image_sizes"] = torch.cat([s.image_sizes for s in samples if s.image_sizes is not None])
         batch["pixel_values"] = torch.cat(pixels)
     return batch

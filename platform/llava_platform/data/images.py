@@ -32,7 +32,7 @@ else:
 
 __all__ = [
     "ImageError", "load_image", "anyres_pinpoints", "ANYRES_336_PINPOINTS", "IMAGE_MODES",
-    "build_image_processor", "preprocess_images", "DEFAULT_MAX_PIXELS",
+    "build_image_processor", "preprocess_images", "pad_patches", "DEFAULT_MAX_PIXELS",
 ]  # fmt: skip
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
@@ -169,6 +169,12 @@ def build_image_processor(mode: str, image_size: int, image_mean=OPENAI_CLIP_MEA
         )
     # do_pad here pads the patch dimension of a batch; the tiles themselves are padded with black, as in LLaVA-NeXT
     return LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, do_pad=True, **common)
+
+
+def pad_patches(pixel_values: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """Zero-pad anyres patch stacks along `dim` to the longest, so they stack; image_sizes tells the model which are real."""
+    most = max(p.shape[dim] for p in pixel_values)
+    return [torch.cat([p, p.new_zeros(*p.shape[:dim], most - p.shape[dim], *p.shape[dim + 1 :])], dim=dim) for p in pixel_values]
 
 
 def preprocess_images(images: list[Image.Image], processor) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 from transformers import ProcessorMixin
 
 from llava_platform.data.encode import Encoded, encode_rendered, expand_image_tokens
-from llava_platform.data.images import ImageError, load_image
+from llava_platform.data.images import ImageError, load_image, pad_patches
 from llava_platform.data.records import Record, RecordError
 from llava_platform.data.templates import IMAGE_PLACEHOLDER, ConversationTemplate, TemplateError
 
@@ -88,7 +88,6 @@ class SampleEncoder:
             pixels.append(out["pixel_values"][0])
             if "image_sizes" in out:
                 sizes.append(out["image_sizes"][0])
-        if sizes:  # anyres: pad the patch dimension so images stack (the model reads image_sizes)
-            most = max(p.shape[0] for p in pixels)
-            pixels = [torch.cat([p, p.new_zeros(most - p.shape[0], *p.shape[1:])]) for p in pixels]
+        if sizes:  # anyres: (P, 3, S, S) per image, P differs between images
+            pixels = pad_patches(pixels, dim=0)
         return torch.stack(pixels), torch.stack(sizes) if sizes else None, counts

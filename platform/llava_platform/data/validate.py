@@ -73,7 +73,6 @@ class ValidationReport:
             lines.append(f"  ... and {len(self.problems) - max_listed} more")
         return "\n".join(lines)
 
-
     def enforce(self, on_bad_record: str = "fail", max_untrainable_fraction: float = 0.0) -> None:
         """Apply DataSpec's policy before training: raise DataError, or allow skipping with the ids reported.
 

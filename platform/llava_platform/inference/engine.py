@@ -131,7 +131,7 @@ class InferenceEngine:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return dict(inputs)
 
-    def _generate_kwargs(self, sampling: SamplingSpec) -> dict:
+    def _generate_kwargs(self, sampling: SamplingSpec, stop_strings: list[str]) -> dict:
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
@@ -140,7 +140,6 @@ class InferenceEngine:
         )
         if sampling.temperature > 0:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        stop_strings = self._stop_strings(sampling)
         if stop_strings:
             kwargs.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
         return kwargs
@@ -160,6 +159,7 @@ class InferenceEngine:
         sampling = sampling or SamplingSpec()
         inputs = self.prepare(requests)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        stop_strings = self._stop_strings(sampling)  # generate() stops on them, the decoders cut at them
         streamer, cancel = _TokenQueue(), _Cancel()
         errors: list[BaseException] = []
         rng_devices = [] if self.model.device.type == "cpu" else [self.model.device]
@@ -169,7 +169,7 @@ class InferenceEngine:
                 with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
                     if sampling.seed is not None:
                         torch.manual_seed(sampling.seed)
-                    self.model.generate(**inputs, **self._generate_kwargs(sampling), streamer=streamer,
+                    self.model.generate(**inputs, **self._generate_kwargs(sampling, stop_strings), streamer=streamer,
                                         stopping_criteria=StoppingCriteriaList([cancel]))  # fmt: skip
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
@@ -177,7 +177,7 @@ class InferenceEngine:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        decoders = [_RowDecoder(self.tokenizer, self.stop_ids, self._stop_strings(sampling)) for _ in requests]
+        decoders = [_RowDecoder(self.tokenizer, self.stop_ids, stop_strings) for _ in requests]
         try:
             while (step := streamer.queue.get()) is not None:
                 for i, token in enumerate(step):

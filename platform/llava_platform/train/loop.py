@@ -77,11 +77,13 @@ def train(bundle: ModelBundle, samples: list[EncodedSample], spec: TrainSpec, *,
     device = model.device
     trainable = [p for p in model.parameters() if p.requires_grad]
 
+    lengths = [len(s.input_ids) for s in shard]
+    has_image = [s.pixel_values is not None for s in shard]
+
     def micro_batches():
         epoch = 0
         while True:  # epochs roll over until the step budget is spent
-            order = grouped_batches([len(s.input_ids) for s in shard], [s.pixel_values is not None for s in shard],
-                                    spec.micro_batch_size, seed=spec.seed + epoch)  # fmt: skip
+            order = grouped_batches(lengths, has_image, spec.micro_batch_size, seed=spec.seed + epoch)
             for indices in order:
                 yield collate([shard[i] for i in indices], pad_id)
             epoch += 1
