@@ -19,6 +19,7 @@ TRAIN = {
     "model": {"preset": "tiny"},
     "data": {"path": "d.json"},
     "train": {"stage": "finetune", "output_dir": "runs/x"},
+    "run": {"name": "x", "storage_path": "runs/ray"},
 }
 
 
@@ -92,7 +93,11 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load(write(tmp_path, "- a\n- b\n"), BuildSpec)
 
 
-SPEC_KINDS = {frozenset({"model"}): BuildSpec, frozenset({"model", "data", "train"}): TrainJobSpec}
+SPEC_KINDS = {
+    frozenset({"model"}): BuildSpec,
+    frozenset({"model", "data", "train", "run"}): TrainJobSpec,
+    frozenset({"model", "data", "train", "scaling", "run"}): TrainJobSpec,
+}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -11,7 +11,8 @@ from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
 from llava_platform.model.builder import ModelBundle
-from llava_platform.train.loop import total_steps, train
+from llava_platform.train.loop import train
+from llava_platform.train.plan import DataPlan
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +59,14 @@ def test_global_batch_must_divide():
     assert spec(global_batch_size=32, micro_batch_size=4).accumulation_steps(workers=2) == 4
     with pytest.raises(ValueError, match=r"train.global_batch_size=12 is not a multiple of train.micro_batch_size=8 x 1 workers"):
         spec(global_batch_size=12).accumulation_steps(1)
-    assert total_steps(100, spec(global_batch_size=8, epochs=1.5)) == 18
+    assert DataPlan.for_spec(100, spec(global_batch_size=8, epochs=1.5), workers=1).total_steps == 18
 
 
 def test_loss_falls_and_metrics_are_reported(tiny_bundle, count_samples):
     bundle = fresh(tiny_bundle)
     lines = []
     history = train(bundle, count_samples, spec(epochs=4.0, log_every_steps=8), peak_tflops=1.0,
-                    on_step=lambda m: lines.append(m.line(32)))  # fmt: skip
+                    on_step=lambda m: lines.append(m.line()))  # fmt: skip
     assert len(history) == 32 and [m.step for m in history] == list(range(1, 33))
     first, last = sum(m.loss for m in history[:4]) / 4, sum(m.loss for m in history[-4:]) / 4
     assert last < first / 3, (first, last)

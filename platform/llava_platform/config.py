@@ -29,6 +29,8 @@ __all__ = [
     "DataSpec",
     "SamplingSpec",
     "TrainSpec",
+    "ScalingSpec",
+    "RunSpec",
     "BatchSpec",
     "ServeSpec",
     "BuildSpec",
@@ -150,6 +152,11 @@ class DataSpec(StrictModel):
     on_bad_record: Literal["fail", "skip"] = Field(
         "fail", description="fail: stop before training listing bad record ids; skip: drop them and report the ids"
     )
+    template: str | None = Field(
+        None, description="template the training conversations are rendered with (plain in stage 1); default: the model's"
+    )
+    preprocess_workers: int = Field(4, gt=0, description="most Ray Data actors decoding images and tokenising at once")
+    preprocess_cpus: float = Field(1.0, gt=0, description="logical CPUs each of those actors reserves")
 
 
 # --------------------------------------------------------------------------- inference
@@ -169,10 +176,13 @@ class SamplingSpec(StrictModel):
 
 
 class TrainSpec(StrictModel):
-    """One training stage (issue 3 runs it on Ray Train)."""
+    """One training stage: what trains, the optimizer, the schedule, the batch, checkpoints."""
 
     stage: Literal["pretrain", "finetune"] = Field(description="pretrain: projector only; finetune: projector + LLM")
-    output_dir: str = Field(description="where checkpoints and final/ are written")
+    output_dir: str = Field(description="where final/ (a complete HF checkpoint) is written at the end")
+    train_llm: bool | None = Field(
+        None, description="train the LLM (default: no in pretrain, yes in finetune); a random-init LLM (tiny) trains in both"
+    )
     train_vision_tower: bool = Field(False, description="also train the vision tower (with vision_lr)")
     lr: float = Field(2e-5, gt=0, description="peak learning rate")
     projector_lr: float | None = Field(None, gt=0, description="projector learning rate; default: lr")
@@ -184,8 +194,33 @@ class TrainSpec(StrictModel):
     global_batch_size: int = Field(128, gt=0, description="samples per optimizer step across all workers")
     micro_batch_size: int = Field(16, gt=0, description="samples per forward pass per worker")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
+    strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = Field(
+        "ddp", description="ddp: torch DistributedDataParallel; zero2 / zero3 / zero3_offload: DeepSpeed ZeRO (shipped configs)"
+    )
+    deepspeed_config: str | None = Field(
+        None, description="a DeepSpeed JSON to use instead of the shipped one for the strategy ('auto' values are filled in)"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute LLM activations in backward (less memory, ~30% more compute)")
+    length_grouping_window: int = Field(
+        16, ge=1, description="micro-batches whose samples are sorted together by modality and length (1: no grouping)"
+    )
     log_every_steps: int = Field(10, gt=0, description="optimizer steps between metric lines")
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="optimizer steps between checkpoints (one is always written at the end)"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept in the run's storage")
+    merge_lora: bool = Field(True, description="final/ holds the LoRA-merged model; false: the adapters and projector")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="per-device peak for MFU; default: known GPUs (H100 989, A100 312), none on CPU"
+    )
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="also send the metrics to these trackers (written under the run's directory)"
+    )
     seed: int = Field(0, description="data order and initialisation seed")
+
+    @property
+    def trains_llm(self) -> bool:
+        return self.stage == "finetune" if self.train_llm is None else self.train_llm
 
     def accumulation_steps(self, workers: int) -> int:
         """Micro-batches per optimizer step on each worker, so the global batch stays what the spec says."""
@@ -196,6 +231,46 @@ class TrainSpec(StrictModel):
                 f"{self.micro_batch_size} x {workers} workers; change one of them"
             )
         return self.global_batch_size // per_step
+
+
+class ScalingSpec(StrictModel):
+    """Ray Train workers: how many, what each reserves, where they go."""
+
+    num_workers: int = Field(1, gt=0, description="training workers (one process each; one GPU each with use_gpu)")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); false: CPU workers (gloo)")
+    cpus_per_worker: float = Field(1, gt=0, description="logical CPUs each worker reserves")
+    gpus_per_worker: float | None = Field(None, gt=0, description="GPUs each worker reserves; default 1 with use_gpu")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra custom resources each worker reserves, e.g. {A100: 1}"
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement group strategy: STRICT_SPREAD puts every worker on its own node"
+    )
+    torch_threads: int | None = Field(None, gt=0, description="intra-op threads per CPU worker; default: cpus_per_worker")
+
+    @model_validator(mode="after")
+    def _gpus_need_use_gpu(self) -> "ScalingSpec":
+        if self.gpus_per_worker is not None and not self.use_gpu:
+            raise ValueError("gpus_per_worker is set but use_gpu is false; set use_gpu: true")
+        return self
+
+    def ray_resources(self) -> dict[str, float]:
+        """ScalingConfig.resources_per_worker."""
+        resources = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus_per_worker or 1
+        return resources
+
+
+class RunSpec(StrictModel):
+    """The Ray Train run: its name and storage (re-running with the same pair resumes it), failures."""
+
+    name: str = Field(pattern=r"^[\w.-]+$", description="run name; re-running a stopped job with the same name resumes it")
+    storage_path: str = Field(
+        description="where checkpoints go: a local path shared by all nodes, or a URI (s3://, gs://); relative paths "
+        "are taken from the directory the job starts in"
+    )
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
 
 
 class BatchSpec(StrictModel):
@@ -228,6 +303,19 @@ class TrainJobSpec(StrictModel):
     model: ModelSpec
     data: DataSpec
     train: TrainSpec
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    run: RunSpec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainJobSpec":
+        self.train.accumulation_steps(self.scaling.num_workers)  # the global batch must split evenly
+        if self.model.lora is not None and self.train.stage == "pretrain":
+            raise ValueError("model.lora: LoRA is for stage 2 (finetune); stage 1 trains the projector only")
+        if self.model.quantization != "none" and self.model.lora is None:
+            raise ValueError(f"model.quantization={self.model.quantization}: quantized weights cannot train; add model.lora (QLoRA)")
+        if self.model.quantization != "none" and self.train.strategy.startswith("zero3"):
+            raise ValueError("model.quantization with ZeRO-3: bitsandbytes weights cannot be partitioned; use strategy ddp or zero2")
+        return self
 
 
 class BatchJobSpec(StrictModel):

@@ -1,4 +1,4 @@
-"""Encoded samples -> one training batch (right-padded), and length-grouped batch order.
+"""Encoded samples -> one training batch, right-padded (batch order and grouping: train/plan.py).
 
     batch = collate(samples, pad_token_id)
     input_ids, attention_mask, labels  (B, T_max)   padded on the right; labels -100 on padding
@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from llava_platform.data.encode import IGNORE_INDEX
 from llava_platform.data.images import pad_patches
 from llava_platform.data.samples import EncodedSample
 
-__all__ = ["collate", "grouped_batches"]
+__all__ = ["collate"]
 
 
 def collate(samples: list[EncodedSample], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -40,24 +38,3 @@ def collate(samples: list[EncodedSample], pad_token_id: int) -> dict[str, torch.
             batch["image_sizes"] = torch.cat([s.image_sizes for s in samples if s.image_sizes is not None])
         batch["pixel_values"] = torch.cat(pixels)
     return batch
-
-
-def grouped_batches(lengths: list[int], has_image: list[bool], batch_size: int, seed: int,
-                    megabatch: int = 50) -> list[list[int]]:  # fmt: skip
-    """Shuffled batches of indices, each of one modality and similar lengths (less padding).
-
-    As LLaVA's group_by_modality_length: shuffle, cut into megabatches of `megabatch` batches,
-    sort each megabatch by length, cut into batches; batches are then shuffled. Every index
-    appears exactly once; only the last batch of each modality may be short.
-    """
-    rng = random.Random(seed)
-    batches: list[list[int]] = []
-    for modality in (True, False):
-        indices = [i for i, flag in enumerate(has_image) if flag == modality]
-        rng.shuffle(indices)
-        size = batch_size * megabatch
-        for start in range(0, len(indices), size):
-            group = sorted(indices[start : start + size], key=lambda i: lengths[i], reverse=True)
-            batches += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llava_platform.data.images import ImageError
-from llava_platform.data.records import BadRecord, read_records
+from llava_platform.data.records import BadRecord, Record, read_records
 from llava_platform.data.samples import EncodedSample, SampleEncoder
 
-__all__ = ["Problem", "ValidationReport", "DataError", "validate_dataset"]
+__all__ = ["Problem", "ValidationReport", "DataError", "check_record", "validate_dataset"]
 
 # problem kinds, in report order
 MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG, UNTRAINABLE = (
@@ -52,6 +52,15 @@ class ValidationReport:
     @property
     def bad_ids(self) -> list[str]:
         return [p.id for p in self.problems]
+
+    def add(self, problem: Problem | None, length: int = 0, truncated: bool = False) -> None:
+        """Count one checked record: its problem, or its token length (and whether it was truncated)."""
+        self.total += 1
+        if problem is not None:
+            self.problems.append(problem)
+            return
+        self.truncated += truncated
+        self.lengths.append(length)
 
     def percentiles(self) -> dict[str, int]:
         if not self.lengths:
@@ -97,24 +106,28 @@ def _classify(encoder: SampleEncoder, record, error: Exception) -> str:
     return TOO_LONG if "max_length" in str(error) else MALFORMED
 
 
+def check_record(encoder: SampleEncoder, item: Record | BadRecord) -> tuple[Problem | None, EncodedSample | None]:
+    """One record through the same encoding training uses: its problem, or its encoded sample."""
+    if isinstance(item, BadRecord):
+        return Problem(item.id, MALFORMED, item.reason), None
+    try:
+        sample = encoder.encode(item)
+    except ValueError as e:  # RecordError, with the ImageError / template error chained
+        return Problem(item.id, _classify(encoder, item, e), getattr(e, "reason", str(e))), None
+    if sample.num_trained == 0:
+        return Problem(item.id, UNTRAINABLE, "no token left to train on (check the template and max_length)"), None
+    return None, sample
+
+
 def validate_dataset(path: str, encoder: SampleEncoder) -> tuple[ValidationReport, list[EncodedSample]]:
     """Encode every record; returns the report and the good samples (so a job need not encode twice)."""
     report = ValidationReport(path)
     good: list[EncodedSample] = []
     for item in read_records(path):
-        report.total += 1
-        if isinstance(item, BadRecord):
-            report.problems.append(Problem(item.id, MALFORMED, item.reason))
-            continue
-        try:
-            sample = encoder.encode(item)
-        except ValueError as e:  # RecordError, with the ImageError / template error chained
-            report.problems.append(Problem(item.id, _classify(encoder, item, e), getattr(e, "reason", str(e))))
-            continue
-        if sample.num_trained == 0:
-            report.problems.append(Problem(item.id, UNTRAINABLE, "no token left to train on (check the template and max_length)"))
-            continue
-        report.truncated += sample.truncated
-        report.lengths.append(len(sample.input_ids))
-        good.append(sample)
+        problem, sample = check_record(encoder, item)
+        if sample is None:
+            report.add(problem)
+        else:
+            report.add(None, len(sample.input_ids), sample.truncated)
+            good.append(sample)
     return report, good

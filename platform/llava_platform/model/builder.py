@@ -49,7 +49,7 @@ from llava_platform.model.tokenizer import add_platform_tokens, build_tiny_token
 
 __all__ = [
     "ModelBundle", "build_model", "assemble_model", "build_processor", "build_processor_for", "DTYPES",
-    "quantization_config", "load_vision_tower", "image_stats", "has_cls_token",
+    "quantization_config", "load_vision_tower", "image_stats", "has_cls_token", "model_template",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,11 +72,11 @@ class ModelBundle:
 
 
 def build_model(spec: ModelSpec, device: str | torch.device | None = None) -> ModelBundle:
-    """The model a spec describes. `device` places freshly built weights (checkpoints load to CPU)."""
+    """The model a spec describes, its weights on `device` (default CPU; original checkpoints always load to CPU)."""
     if spec.checkpoint is not None:
         from llava_platform.model.checkpoint import load_checkpoint  # checkpoint imports this module
 
-        return load_checkpoint(spec.checkpoint, spec)
+        return load_checkpoint(spec.checkpoint, spec, device)
     if spec.original_checkpoint is not None:
         from llava_platform.model.convert import load_original_checkpoint
 
@@ -188,6 +188,22 @@ def _build_random(spec: ModelSpec, preset: Preset, device) -> ModelBundle:
     install_projector(model, preset.projector)
     processor = build_processor(tokenizer, config.vision_config, spec)
     return ModelBundle(model, processor, get_template(spec.template), spec)
+
+
+def model_template(spec: ModelSpec) -> str:
+    """The conversation template build_model(spec) uses, found without building anything."""
+    if spec.template is not None:
+        return spec.template
+    if spec.preset is not None:
+        return get_preset(spec.preset).template
+    if spec.checkpoint is not None:
+        from llava_platform.model.checkpoint import load_checkpoint_spec  # checkpoint imports this module
+
+        saved = load_checkpoint_spec(spec.checkpoint)
+        if saved is not None and saved.template is not None:
+            return saved.template
+    raise ValueError("model.template: required for this model source (it is never guessed from a name); "
+                     "e.g. vicuna_v1, mistral_instruct, chatml_direct")  # fmt: skip
 
 
 def build_processor_for(spec: ModelSpec) -> ProcessorMixin:

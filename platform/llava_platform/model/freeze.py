@@ -3,6 +3,7 @@
     stage 1 (pretrain)  projector only                      (LLaVA: tune_mm_mlp_adapter)
     stage 2 (finetune)  projector + LLM (embeddings, lm_head)  or, with LoRA, projector + adapters
     either stage        + vision tower if asked, with its own learning rate
+    tiny preset         random-init LLM: stage 1 trains it too (train.train_llm)
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def apply_freeze(model: nn.Module, stage: Literal["pretrain", "finetune"], train_vision_tower: bool = False) -> dict[str, str]:
-    """Set requires_grad per component; returns {component: 'trainable/total'} parameter counts for the log."""
+def apply_freeze(model: nn.Module, stage: Literal["pretrain", "finetune"], train_vision_tower: bool = False,
+                 train_llm: bool | None = None) -> dict[str, str]:  # fmt: skip
+    """Set requires_grad per component; returns {component: 'trainable/total'} parameter counts for the log.
+
+    train_llm=None follows the stage; True in stage 1 is for a random-init LLM (the tiny preset),
+    which has no language to keep frozen.
+    """
     if _is_peft(model) and stage == "pretrain":
         raise ValueError("LoRA is for stage 2: remove model.lora from the pretrain spec (stage 1 trains the projector only)")
-    wanted = {"projector": True, "vision_tower": train_vision_tower, "llm": stage == "finetune"}
+    wanted = {"projector": True, "vision_tower": train_vision_tower, "llm": stage == "finetune" if train_llm is None else train_llm}
     for name, param in model.named_parameters():
         component = component_of(name)
         if _is_peft(model) and component != "vision_tower":

@@ -1,18 +1,30 @@
-"""LoRA / QLoRA on the LLM's linear layers only (peft), and merging the adapters back.
+"""LoRA / QLoRA on the LLM's linear layers only (peft), adapter checkpoints, and merging the adapters back.
 
 Adapters never go on the vision tower, the projector or lm_head; the projector
 trains fully alongside them (peft modules_to_save) unless the spec says not to.
+
+An adapter checkpoint is peft's own (adapter_config.json, adapter_model.safetensors: the
+adapters and the trained projector) plus TRAINED_BASE_FILE: base parameters trained in place
+(LLaVA-NeXT's image_newline, a vision tower trained with train.train_vision_tower).
 """
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
 from llava_platform.config import LoraSpec
 
-__all__ = ["llm_linear_names", "apply_lora", "merge_lora"]
+__all__ = [
+    "ADAPTER_CONFIG", "TRAINED_BASE_FILE", "llm_linear_names", "apply_lora", "merge_lora", "save_adapter", "load_adapter_weights",
+]  # fmt: skip
+
+ADAPTER_CONFIG = "adapter_config.json"
+TRAINED_BASE_FILE = "trained_base.safetensors"
 
 
 def llm_linear_names(model: nn.Module, leaf_names: list[str] | None = None) -> list[str]:
@@ -56,3 +68,32 @@ def merge_lora(model: PeftModel) -> PreTrainedModel:
     image_newline was trained in place (it is a base-model parameter), so it needs no merging.
     """
     return model.merge_and_unload()
+
+
+def _trained_base(model: PeftModel) -> dict[str, nn.Parameter]:
+    """Base-model parameters that train in place: not an adapter, not a modules_to_save copy."""
+    return {n: p for n, p in model.named_parameters()
+            if p.requires_grad and "lora_" not in n and "modules_to_save" not in n}  # fmt: skip
+
+
+def save_adapter(model: PeftModel, directory: Path) -> None:
+    """peft's adapter files + the base parameters trained in place."""
+    model.save_pretrained(directory)
+    extra = _trained_base(model)
+    if extra:
+        save_file({n: p.detach().cpu().contiguous() for n, p in extra.items()}, str(directory / TRAINED_BASE_FILE))
+
+
+def load_adapter_weights(model: PeftModel, directory: Path) -> None:
+    """Load save_adapter()'s files into a model wrapped by apply_lora with the same spec."""
+    adapter = load_file(str(directory / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, adapter)
+    if result.unexpected_keys:
+        raise ValueError(f"{directory}: adapter weights that fit no module of this model: {result.unexpected_keys[:5]}")
+    extra_file = directory / TRAINED_BASE_FILE
+    if extra_file.exists():
+        params = dict(model.named_parameters())
+        for name, tensor in load_file(str(extra_file)).items():
+            if name not in params:
+                raise ValueError(f"{extra_file}: {name} is not a parameter of this model")
+            params[name].data.copy_(tensor)

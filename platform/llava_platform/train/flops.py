@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from llava_platform.model.freeze import component_of
 
-__all__ = ["StepShape", "training_flops", "mfu", "PEAK_TFLOPS"]
+__all__ = ["StepShape", "training_flops", "mfu", "peak_tflops_for", "PEAK_TFLOPS"]
 
 # dense bf16 tensor-core peaks (no sparsity), per device
 PEAK_TFLOPS = {"H100-SXM": 989.0, "H200": 989.0, "A100": 312.0}
@@ -65,3 +66,14 @@ def training_flops(model: nn.Module, shape: StepShape) -> float:
 def mfu(flops: float, seconds: float, devices: int, peak_tflops: float) -> float:
     """Model FLOPs utilisation: achieved / peak."""
     return flops / seconds / (devices * peak_tflops * 1e12)
+
+
+def peak_tflops_for(device: torch.device, override: float | None = None) -> float | None:
+    """The per-device peak MFU is measured against: `override` (train.peak_tflops), else a known GPU's
+    dense bf16 peak, else None (CPUs have no meaningful single figure)."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key.split("-")[0] in name), None)

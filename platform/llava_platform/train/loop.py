@@ -1,51 +1,74 @@
 """The training loop of one worker, runnable in-process (tests, benchmarks, a GPU box without Ray).
 
-    metrics = train(bundle, samples, spec.train, on_step=print)
+    for metrics in run_steps(runner, micro_batches, ...):   # one StepMetrics per optimizer step
+        ...                                                 # the caller logs, reports, checkpoints
 
-Order: freeze for the stage -> optimizer groups + schedule -> grouped batches of this worker's
-shard -> each optimizer step accumulates `accumulation_steps` micro-batches -> clip -> step.
-The Ray Train worker (next) wraps this with the process group, checkpoints and reporting.
+Each optimizer step: `accumulation` micro-batches -> forward/backward -> clip -> optimizer and LR
+schedule step. With several workers the step's loss, samples, tokens and FLOPs are summed over
+all of them (one small all-reduce), so every worker reports the global figures.
+
+`train()` is the whole thing on a list of samples in one process.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 from transformers import get_scheduler
 
 from llava_platform.config import TrainSpec
-from llava_platform.data.collate import collate, grouped_batches
+from llava_platform.data.collate import collate
 from llava_platform.data.samples import EncodedSample
 from llava_platform.model.builder import ModelBundle, has_cls_token
 from llava_platform.model.freeze import apply_freeze, param_groups
 from llava_platform.train.flops import StepShape, mfu, training_flops
+from llava_platform.train.plan import DataPlan, grouped_micro_batches
+from llava_platform.train.strategy import DDPRunner, StepRunner, distributed_world
 
-__all__ = ["StepMetrics", "total_steps", "train"]
+__all__ = ["StepMetrics", "build_optimizer", "run_steps", "sample_batches", "train"]
 
 
 @dataclass
 class StepMetrics:
     step: int
-    loss: float  # mean over the step's micro-batches
+    total_steps: int
+    loss: float  # mean over the step's micro-batches, on all workers
     lr: float  # the first optimizer group's learning rate after the step (the LLM's when it trains)
     grad_norm: float  # before clipping
-    samples_per_s: float
-    tokens_per_s: float  # LLM positions (image tokens included), padding excluded
+    samples_per_s: float  # all workers
+    tokens_per_s: float  # LLM positions (image tokens included), padding excluded, all workers
     mfu: float | None  # None without a peak FLOP/s to compare with
 
-    def line(self, total: int) -> str:
+    def line(self) -> str:
         util = f" mfu {self.mfu:.1%}" if self.mfu is not None else ""
-        return (f"step {self.step}/{total} loss {self.loss:.4f} lr {self.lr:.2e} grad_norm {self.grad_norm:.3f} "
+        return (f"step {self.step}/{self.total_steps} loss {self.loss:.4f} lr {self.lr:.2e} grad_norm {self.grad_norm:.3f} "
                 f"{self.samples_per_s:.1f} samples/s {self.tokens_per_s:.0f} tokens/s{util}")  # fmt: skip
 
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
 
-def total_steps(num_samples: int, spec: TrainSpec) -> int:
-    """Optimizer steps for spec.epochs over num_samples at the global batch size (at least 1)."""
-    return max(1, math.floor(spec.epochs * num_samples / spec.global_batch_size))
+
+def build_optimizer(model: torch.nn.Module, spec: TrainSpec, total_steps: int):
+    """AdamW over the trainable parameters (per-component lrs) and the spec's warmup + decay schedule."""
+    groups = param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay)
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen (check train.stage, train_llm, model.lora)")
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr)
+    name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)  # fmt: skip
+    return optimizer, scheduler
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, pixel_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "pixel_values" in out:
+        out["pixel_values"] = out["pixel_values"].to(pixel_dtype)
+    return out
 
 
 def _shape(batch: dict[str, torch.Tensor], patches_per_image: int) -> StepShape:
@@ -58,69 +81,72 @@ def _shape(batch: dict[str, torch.Tensor], patches_per_image: int) -> StepShape:
     return StepShape(sequences, tokens, tokens // sequences, images, patches_per_image)
 
 
-def train(bundle: ModelBundle, samples: list[EncodedSample], spec: TrainSpec, *, rank: int = 0, workers: int = 1,
-          peak_tflops: float | None = None, on_step: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:  # fmt: skip
-    """Train bundle.model in place on this worker's shard (samples[rank::workers]); returns per-step metrics."""
-    model = bundle.model
-    accumulation = spec.accumulation_steps(workers)
-    steps = total_steps(len(samples), spec)
-    apply_freeze(model, spec.stage, train_vision_tower=spec.train_vision_tower)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay), lr=spec.lr
-    )
-    scheduler = get_scheduler(spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=int(spec.warmup_ratio * steps), num_training_steps=steps)  # fmt: skip
-    shard = samples[rank::workers]
+def run_steps(runner: StepRunner, micro_batches: Iterator[list[EncodedSample]], *, pad_token_id: int,
+              start_step: int, total_steps: int, accumulation: int,
+              peak_tflops: float | None = None) -> Iterator[StepMetrics]:  # fmt: skip
+    """Optimizer steps start_step+1 .. total_steps, each from `accumulation` micro-batches of this worker."""
+    model = runner.module
     vision = model.config.vision_config
     patches_per_image = (vision.image_size // vision.patch_size) ** 2 + has_cls_token(vision)
-    pad_id = bundle.tokenizer.pad_token_id
-    device = model.device
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    lengths = [len(s.input_ids) for s in shard]
-    has_image = [s.pixel_values is not None for s in shard]
-
-    def micro_batches():
-        epoch = 0
-        while True:  # epochs roll over until the step budget is spent
-            order = grouped_batches(lengths, has_image, spec.micro_batch_size, seed=spec.seed + epoch)
-            for indices in order:
-                yield collate([shard[i] for i in indices], pad_id)
-            epoch += 1
-
-    batches = micro_batches()
-    history: list[StepMetrics] = []
+    device = next(model.parameters()).device
+    pixel_dtype = next(p for n, p in model.named_parameters() if "vision_tower" in n).dtype
+    world = distributed_world()
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(start_step + 1, total_steps + 1):
         started = time.perf_counter()
-        losses, flops, seen, tokens = [], 0.0, 0, 0
-        for _ in range(accumulation):
-            batch = {k: v.to(device) for k, v in next(batches).items()}
-            if "pixel_values" in batch:
-                batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
-            loss = model(**batch).loss
-            (loss / accumulation).backward()
-            losses.append(loss.item())
+        # summed over micro-batches, then over workers: loss, micro-batches, samples, tokens, FLOPs
+        totals = torch.zeros(5, dtype=torch.float64)
+        for i in range(accumulation):
+            try:
+                samples = next(micro_batches)
+            except StopIteration:
+                raise RuntimeError(f"data ran out at step {step} of {total_steps}: the plan and the data disagree") from None
+            batch = _to_device(collate(samples, pad_token_id), device, pixel_dtype)
+            loss = runner.forward_backward(batch, last=i == accumulation - 1)
             shape = _shape(batch, patches_per_image)
-            flops += training_flops(model, shape)
-            seen += shape.sequences
-            tokens += shape.text_tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            totals += torch.tensor([float(loss), 1, shape.sequences, shape.text_tokens, training_flops(model, shape)],
+                                   dtype=torch.float64)  # fmt: skip
+        grad_norm = runner.step()
+        if world > 1:
+            totals = totals.to(device)  # nccl reduces GPU tensors only
+            dist.all_reduce(totals)
         seconds = time.perf_counter() - started
-        metrics = StepMetrics(
+        loss_sum, micro, samples_seen, tokens, flops = totals.tolist()
+        yield StepMetrics(
             step=step,
-            loss=sum(losses) / len(losses),
-            lr=optimizer.param_groups[0]["lr"],
-            grad_norm=float(grad_norm),
-            samples_per_s=seen / seconds,
+            total_steps=total_steps,
+            loss=loss_sum / micro,
+            lr=runner.lr,
+            grad_norm=grad_norm,
+            samples_per_s=samples_seen / seconds,
             tokens_per_s=tokens / seconds,
-            mfu=mfu(flops, seconds, 1, peak_tflops) if peak_tflops else None,
+            mfu=mfu(flops, seconds, world, peak_tflops) if peak_tflops else None,
         )
-        history.append(metrics)
-        if on_step is not None and (step % spec.log_every_steps == 0 or step == steps):
-            on_step(metrics)
     model.eval()
+
+
+def sample_batches(samples: list[EncodedSample], plan: DataPlan, rank: int, window: int,
+                   start_step: int = 0) -> Iterator[list[EncodedSample]]:  # fmt: skip
+    """This worker's micro-batches from an in-memory dataset (the Ray job streams the same order)."""
+    order = plan.order()
+    rows = (samples[order[p]] for p in plan.worker_positions(rank))
+    return grouped_micro_batches(rows, plan, length=lambda s: len(s.input_ids), has_image=lambda s: s.pixel_values is not None,
+                                 window_micro_batches=window, start_step=start_step)  # fmt: skip
+
+
+def train(bundle: ModelBundle, samples: list[EncodedSample], spec: TrainSpec, *, peak_tflops: float | None = None,
+          on_step: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:  # fmt: skip
+    """Train bundle.model in place on one process; returns per-step metrics (on_step sees the logged ones)."""
+    plan = DataPlan.for_spec(len(samples), spec, workers=1)
+    apply_freeze(bundle.model, spec.stage, spec.train_vision_tower, spec.train_llm)
+    optimizer, scheduler = build_optimizer(bundle.model, spec, plan.total_steps)
+    runner = DDPRunner(bundle.model, optimizer, scheduler, plan.accumulation, spec.max_grad_norm, torch.float32)
+    batches = sample_batches(samples, plan, rank=0, window=spec.length_grouping_window)
+    history = []
+    for metrics in run_steps(runner, batches, pad_token_id=bundle.tokenizer.pad_token_id, start_step=0,
+                             total_steps=plan.total_steps, accumulation=plan.accumulation, peak_tflops=peak_tflops):  # fmt: skip
+        history.append(metrics)
+        if on_step is not None and (metrics.step % spec.log_every_steps == 0 or metrics.step == plan.total_steps):
+            on_step(metrics)
     return history
+
