@@ -56,3 +56,75 @@ def tiny_checkpoint(tiny_bundle, tmp_path_factory) -> Path:
     from llava_platform.model import save_checkpoint
 
     return save_checkpoint(tiny_bundle, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayCluster:
+    """A real Ray cluster on this machine, started the way users start one: `ray start --head`, then
+    `ray start --address` for each extra node. Each `ray start --block` runs in its own process
+    group, so stopping the cluster signals exactly the processes this fixture started."""
+
+    def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4):
+        import subprocess
+
+        self.root = root
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.env = ray_env()
+        self.processes: list[subprocess.Popen] = []
+        head = ["--head", f"--port={self.gcs.split(':')[1]}", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--temp-dir={root / 'ray'}", "--include-dashboard=true"]  # fmt: skip
+        self._start(head, cpus_per_node, "head")
+        for n in range(1, nodes):
+            self._start([f"--address={self.gcs}"], cpus_per_node, f"node{n}")
+
+    def _start(self, args: list[str], cpus: int, name: str) -> None:
+        import subprocess
+        import time
+
+        ray = str(Path(sys.executable).parent / "ray")
+        log = open(self.root / f"{name}.log", "w")
+        process = subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus}", *args],
+                                   env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.processes.append(process)
+        deadline = time.time() + 120
+        while "--block" not in (self.root / f"{name}.log").read_text():  # printed once the node is up
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start ({name}) failed:\n{(self.root / f'{name}.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        for process in reversed(self.processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)  # the group of the `ray start` this fixture launched
+                process.wait(timeout=30)
+            except (ProcessLookupError, TimeoutError):
+                pass
+            except Exception:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would have: the venv's tools first on PATH, one Ray auth mode."""
+    import os
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    cluster = RayCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()

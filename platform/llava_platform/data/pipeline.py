@@ -1,0 +1,173 @@
+"""Training input on Ray Data: records are checked and encoded by CPU actors, in parallel, and
+streamed into the training workers.
+
+    driver: read_records() -> Record / BadRecord (malformed entries are reported here)
+    record rows  {index, id, roles, contents, images}                     plain Arrow columns
+      -> CheckRecords   {index, kind, reason, length, truncated}          the dataset check, before the first step
+      -> EncodeRecords  {id, input_ids, labels, pixel_values, image_sizes}  one dataset per worker, in plan order
+
+The stages are plain functions, testable without a cluster: `encode_records(rows, config)`.
+They run as Ray tasks (not actor pools): a job's idle worker processes are reused across the
+check and every worker's input, so each process imports torch / transformers once, and builds
+its SampleEncoder once per config (cached by `EncoderConfig.key`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import ProcessorMixin
+
+from llava_platform.config import DataSpec
+from llava_platform.data.records import BadRecord, Record
+from llava_platform.data.samples import EncodedSample, SampleEncoder
+from llava_platform.data.templates import Message, get_template
+from llava_platform.data.validate import MALFORMED, Problem, ValidationReport, check_record
+
+__all__ = [
+    "EncoderConfig", "check_records", "encode_records", "record_rows", "row_to_sample", "check_on_ray", "encoded_dataset",
+]  # fmt: skip
+
+PREPROCESS_BATCH = 32  # records per task: small, so the first training batch is not kept waiting
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What a Ray Data task needs to build the same SampleEncoder as the driver.
+
+    `processor` is the processor itself or, on a cluster, an ObjectRef to it: the config then
+    travels small and each worker process fetches the processor once.
+    """
+
+    processor: Any  # ProcessorMixin | ray.ObjectRef
+    template: str
+    image_folder: str | None
+    max_length: int
+    max_image_pixels: int
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per job: the per-process cache key
+
+    @classmethod
+    def for_data(cls, data: DataSpec, processor: ProcessorMixin, template: str) -> EncoderConfig:
+        return cls(processor, template, data.image_folder, data.max_length, data.max_image_pixels)
+
+    def build(self) -> SampleEncoder:
+        processor = self.processor
+        if not isinstance(processor, ProcessorMixin):
+            import ray
+
+            processor = ray.get(processor)
+        return SampleEncoder(processor, get_template(self.template), self.image_folder, self.max_length,
+                             self.max_image_pixels)  # fmt: skip
+
+    def shared(self) -> EncoderConfig:
+        """This config with the processor put in Ray's object store once."""
+        import ray
+
+        return self if not isinstance(self.processor, ProcessorMixin) else EncoderConfig(
+            ray.put(self.processor), self.template, self.image_folder, self.max_length, self.max_image_pixels, self.key)
+
+
+_ENCODERS: dict[str, SampleEncoder] = {}  # per process: key -> encoder
+
+
+def _encoder(config: EncoderConfig) -> SampleEncoder:
+    if config.key not in _ENCODERS:
+        _ENCODERS[config.key] = config.build()
+    return _ENCODERS[config.key]
+
+
+def record_rows(records: list[Record], indices: list[int] | None = None) -> list[dict[str, Any]]:
+    """Records as rows of plain columns (Arrow stores them natively; no pickled objects)."""
+    indices = indices if indices is not None else list(range(len(records)))
+    return [{"index": i, "id": r.id, "roles": [m.role for m in r.messages], "contents": [m.content for m in r.messages],
+             "images": list(r.images)} for i, r in zip(indices, records)]  # fmt: skip
+
+
+def _records(batch: dict[str, Any]) -> list[Record]:
+    return [
+        Record(str(rid), [Message(str(role), str(text)) for role, text in zip(roles, contents)], [str(p) for p in images])
+        for rid, roles, contents, images in zip(batch["id"], batch["roles"], batch["contents"], batch["images"])
+    ]
+
+
+def check_records(batch: dict[str, Any], config: EncoderConfig) -> dict[str, list]:
+    """Ray Data stage: each record's problem (kind, reason) or its token length; no pixels leave the task."""
+    encoder = _encoder(config)
+    out: dict[str, list] = {k: [] for k in ("index", "kind", "reason", "length", "truncated")}
+    for index, record in zip(batch["index"], _records(batch)):
+        problem, sample = check_record(encoder, record)
+        out["index"].append(int(index))
+        out["kind"].append(problem.kind if problem else "")
+        out["reason"].append(problem.reason if problem else "")
+        out["length"].append(len(sample.input_ids) if sample else 0)
+        out["truncated"].append(bool(sample and sample.truncated))
+    return out
+
+
+def encode_records(batch: dict[str, Any], config: EncoderConfig) -> dict[str, list]:
+    """Ray Data stage: records -> token ids, labels, pixel values (text-only rows get empty pixel arrays)."""
+    encoder = _encoder(config)
+    out: dict[str, list] = {k: [] for k in ("id", "input_ids", "labels", "pixel_values", "image_sizes")}
+    for record in _records(batch):
+        sample = encoder.encode(record)  # checked before training: a failure here is a changed file
+        out["id"].append(sample.id)
+        out["input_ids"].append(np.asarray(sample.input_ids, dtype=np.int32))
+        out["labels"].append(np.asarray(sample.labels, dtype=np.int32))
+        pixels = sample.pixel_values
+        out["pixel_values"].append(pixels.numpy() if pixels is not None else np.zeros((0,), np.float32))
+        sizes = sample.image_sizes
+        out["image_sizes"].append(sizes.numpy() if sizes is not None else np.zeros((0, 2), np.int64))
+    return out
+
+
+def row_to_sample(row: dict[str, Any]) -> EncodedSample:
+    """An EncodeRecords row, as the training worker receives it, back into an EncodedSample."""
+    pixels, sizes = row["pixel_values"], row["image_sizes"]
+    return EncodedSample(
+        id=row["id"],
+        input_ids=row["input_ids"].tolist(),
+        labels=row["labels"].tolist(),
+        pixel_values=torch.from_numpy(np.array(pixels)) if pixels.size else None,  # a copy: Arrow buffers are read-only
+        image_sizes=torch.from_numpy(np.array(sizes)) if sizes.size else None,
+    )
+
+
+def _tasks(config: EncoderConfig, data: DataSpec) -> dict[str, Any]:
+    import ray.data
+
+    return dict(fn_kwargs={"config": config}, compute=ray.data.TaskPoolStrategy(size=data.preprocess_workers),
+                num_cpus=data.preprocess_cpus, batch_size=PREPROCESS_BATCH)  # fmt: skip
+
+
+def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: DataSpec) -> tuple[ValidationReport, list[Record]]:
+    """jobs.validate_data's checks over the whole dataset, run by Ray Data actors: the report (in file
+    order) and the records without a problem."""
+    import ray.data
+
+    records = [(i, item) for i, item in enumerate(items) if isinstance(item, Record)]
+    checked: dict[int, dict[str, Any]] = {}
+    if records:
+        rows = ray.data.from_items(record_rows([r for _, r in records], [i for i, _ in records]))
+        checked = {row["index"]: row for row in rows.map_batches(check_records, **_tasks(config, data)).iter_rows()}
+    report, good = ValidationReport(data.path), []
+    for i, item in enumerate(items):
+        if isinstance(item, BadRecord):
+            report.add(Problem(item.id, MALFORMED, item.reason))
+            continue
+        row = checked[i]
+        problem = Problem(item.id, row["kind"], row["reason"]) if row["kind"] else None
+        report.add(problem, int(row["length"]), bool(row["truncated"]))
+        if problem is None:
+            good.append(item)
+    return report, good
+
+
+def encoded_dataset(records: list[Record], config: EncoderConfig, data: DataSpec):
+    """A lazy Ray Dataset of encoded rows, in the order of `records` (one worker's plan)."""
+    import ray.data
+
+    return ray.data.from_items(record_rows(records)).map_batches(encode_records, **_tasks(config, data))

@@ -1,0 +1,191 @@
+"""How one worker runs a step, whatever the parallelism: DDP or DeepSpeed ZeRO behind one small interface.
+
+    runner = make_runner(model, optimizer, scheduler, train_spec, accumulation, compute_dtype)
+    for i in range(accumulation):
+        loss = runner.forward_backward(batch_i, last=i == accumulation - 1)
+    grad_norm = runner.step()
+
+Both scale the loss by 1/accumulation, clip to train.max_grad_norm and step the optimizer and the
+LR schedule once per optimizer step. Neither needs Ray: the process group is whatever
+torch.distributed was initialised with (Ray Train's TorchConfig, torchrun, or none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from llava_platform.config import TrainSpec
+
+__all__ = ["StepRunner", "DDPRunner", "DeepSpeedRunner", "make_runner", "deepspeed_config", "distributed_world"]
+
+
+def distributed_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class StepRunner(Protocol):
+    module: nn.Module  # the model itself (unwrapped): FLOPs, saving
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor: ...
+    def step(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    def save_state(self, directory: Path, rank: int) -> None: ...
+    def load_state(self, directory: Path) -> None: ...
+
+
+class DDPRunner:
+    """torch DDP (or a plain module on one process); `compute_dtype` below float32 runs under autocast."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, accumulation: int,
+                 max_grad_norm: float, compute_dtype: torch.dtype):  # fmt: skip
+        self.module = model
+        # find_unused_parameters: a text-only micro-batch leaves the projector and tower without gradients
+        self.model = DistributedDataParallel(model, find_unused_parameters=True) if distributed_world() > 1 else model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        device = next(model.parameters()).device
+        self.autocast = (torch.autocast(device.type, dtype=compute_dtype) if compute_dtype != torch.float32
+                         else contextlib.nullcontext())  # fmt: skip
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
+        sync = contextlib.nullcontext() if last or self.model is self.module else self.model.no_sync()
+        with sync:
+            with self.autocast:
+                loss = self.model(**batch).loss
+            (loss / self.accumulation).backward()
+        return loss.detach()
+
+    def step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save_state(self, directory: Path, rank: int) -> None:
+        if rank == 0:  # DDP keeps identical optimizer state on every rank
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       directory / "optimizer.pt")  # fmt: skip
+
+    def load_state(self, directory: Path) -> None:
+        state = torch.load(directory / "optimizer.pt", map_location=next(self.module.parameters()).device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedRunner:
+    """A DeepSpeed engine: it scales the loss, accumulates, clips and steps at the accumulation boundary."""
+
+    TAG = "state"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: dict[str, Any]):
+        import deepspeed
+
+        self.module = model
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+        self.zero_stage = config["zero_optimization"]["stage"]
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
+        loss = self.engine(**batch).loss
+        self.engine.backward(loss)
+        self.engine.step()  # a no-op for the optimizer until the accumulation boundary
+        return loss.detach()
+
+    def step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else math.nan
+
+    @property
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (ZeRO-3 gathers its partitions: every rank must call this)."""
+        if self.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.module.state_dict()
+
+    def save_state(self, directory: Path, rank: int) -> None:
+        # every rank writes its own optimizer partition (file names carry the rank); rank 0 the rest
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag=self.TAG)
+
+    def load_state(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag=self.TAG)
+        if path is None:
+            raise FileNotFoundError(f"{directory / 'deepspeed'}: no DeepSpeed state to resume from")
+
+
+def deepspeed_config(train: TrainSpec, accumulation: int, compute_dtype: torch.dtype, hidden_size: int,
+                     workers: int) -> dict[str, Any]:  # fmt: skip
+    """The shipped (or the user's) DeepSpeed JSON with every "auto" filled from the spec."""
+    if train.deepspeed_config:
+        source = Path(train.deepspeed_config)
+        text = source.read_text()
+    else:
+        source = Path(f"deepspeed_configs/{train.strategy}.json")
+        text = resources.files("llava_platform.train").joinpath(str(source)).read_text()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"train.deepspeed_config {source}: not valid JSON: {e}") from e
+    gpu = torch.cuda.is_available()
+    auto = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": train.micro_batch_size * accumulation * workers,
+        "gradient_clipping": train.max_grad_norm,
+        "bf16.enabled": compute_dtype == torch.bfloat16,
+        "fp16.enabled": compute_dtype == torch.float16,
+        "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+        "zero_optimization.offload_optimizer.pin_memory": gpu,  # pinning needs CUDA
+        "zero_optimization.offload_param.pin_memory": gpu,
+    }
+    _fill_auto(config, auto, source)
+    if config["train_batch_size"] != train.global_batch_size:
+        raise ValueError(f"{source}: train_batch_size {config['train_batch_size']} != train.global_batch_size "
+                         f"{train.global_batch_size}; leave it 'auto'")  # fmt: skip
+    if "optimizer" in config or "scheduler" in config:
+        raise ValueError(f"{source}: remove 'optimizer' / 'scheduler': the platform builds them from train.* "
+                         "(per-component learning rates, the spec's schedule)")  # fmt: skip
+    # a torch optimizer with ZeRO-Offload is allowed (DeepSpeed's CPUAdam would need a compiled op)
+    config.setdefault("zero_force_ds_cpu_optimizer", False)
+    return config
+
+
+def _fill_auto(node: dict[str, Any], auto: dict[str, Any], source: Path, prefix: str = "") -> None:
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _fill_auto(value, auto, source, dotted + ".")
+        elif value == "auto":
+            if dotted not in auto:
+                raise ValueError(f"{source}: {dotted} is 'auto' but the platform has no value for it; set a number")
+            node[key] = auto[dotted]
+
+
+def make_runner(model: nn.Module, optimizer, scheduler, train: TrainSpec, accumulation: int,
+                compute_dtype: torch.dtype) -> StepRunner:  # fmt: skip
+    if train.strategy == "ddp":
+        return DDPRunner(model, optimizer, scheduler, accumulation, train.max_grad_norm, compute_dtype)
+    hidden = model.config.text_config.hidden_size
+    config = deepspeed_config(train, accumulation, compute_dtype, hidden, distributed_world())
+    return DeepSpeedRunner(model, optimizer, scheduler, config)
+

@@ -1,0 +1,91 @@
+"""One Ray Train worker of a LLaVA training run (TorchTrainer's train_loop_per_worker).
+
+    restore or start -> this worker's rows from Ray Data, grouped into micro-batches -> steps ->
+    every log step: ray.train.report(metrics); every checkpoint step and the last: report with a checkpoint
+
+ray.train.report is a barrier: every worker reports at the same steps. The compute itself is
+llava_platform.train.loop, which runs without Ray too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from llava_platform.cli import quiet_transformers
+from llava_platform.config import TrainJobSpec
+from llava_platform.data.pipeline import row_to_sample
+from llava_platform.train.flops import peak_tflops_for
+from llava_platform.train.loop import run_steps
+from llava_platform.train.plan import DataPlan, grouped_micro_batches
+from llava_platform.train.setup import build_training
+from llava_platform.train.state import save_training_state
+
+__all__ = ["train_worker", "dataset_name"]
+
+# Ray Train's worker logger prints INFO records once (its patched print() would echo them twice)
+log = logging.getLogger(__name__)
+
+
+def dataset_name(rank: int) -> str:
+    """Each worker reads its own dataset (its slice of the plan, in order): see launch.py."""
+    return f"train_rank{rank}"
+
+
+def _placement() -> dict[str, Any]:
+    """Where every worker runs (rank order), for the log and the result."""
+    here = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return {"node_ids": [here["node_id"]], "pids": [here["pid"]]}
+    everyone: list[dict[str, Any]] = [{}] * dist.get_world_size()
+    dist.all_gather_object(everyone, here)
+    return {"node_ids": [w["node_id"] for w in everyone], "pids": [w["pid"] for w in everyone]}
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    quiet_transformers()
+    spec = TrainJobSpec.model_validate(config["spec"])
+    plan = DataPlan(**config["plan"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(spec.scaling.torch_threads or max(1, int(spec.scaling.cpus_per_worker)))
+    placement = _placement()
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
+        setup = build_training(spec, plan, device, resume=Path(restored) if restored else None)
+    if rank == 0:
+        origin = f"resumed at step {setup.start_step}" if checkpoint else "starting"
+        log.info(f"[train] {origin}: {plan.total_steps} steps of {plan.global_batch} samples ({world} workers x "
+                 f"{plan.micro_batch} x {plan.accumulation} accumulation), strategy {spec.train.strategy}, "
+                 f"trainable {setup.frozen_summary}, worker nodes {placement['node_ids']} pids {placement['pids']}")  # fmt: skip
+
+    rows = (row_to_sample(row) for row in ray.train.get_dataset_shard(dataset_name(rank)).iter_rows())
+    batches = grouped_micro_batches(rows, plan, length=lambda s: len(s.input_ids), has_image=lambda s: s.pixel_values is not None,
+                                    window_micro_batches=spec.train.length_grouping_window, start_step=setup.start_step)  # fmt: skip
+    every = spec.train.checkpoint_every_steps
+    for metrics in run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id,
+                             start_step=setup.start_step, total_steps=plan.total_steps,
+                             accumulation=plan.accumulation, peak_tflops=peak_tflops_for(device, spec.train.peak_tflops)):  # fmt: skip
+        last = metrics.step == plan.total_steps
+        report = metrics.as_dict() | placement
+        if last or (every and metrics.step % every == 0):
+            with tempfile.TemporaryDirectory() as directory:
+                save_training_state(Path(directory), setup.bundle, setup.runner, spec, plan, metrics.step, report, rank)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=f"step_{metrics.step:06d}")  # fmt: skip
+        elif metrics.step % spec.train.log_every_steps == 0:
+            ray.train.report(report)
+        if rank == 0 and (last or metrics.step % spec.train.log_every_steps == 0):
+            log.info(f"[train] {metrics.line()}")

@@ -1,0 +1,280 @@
+"""Training jobs on a real two-node Ray cluster (two `ray start` on this machine), run as users run them.
+
+Every run fine-tunes the session's tiny checkpoint on a small synthetic set, so step-1 losses are
+comparable across strategies. Runs are module-scoped fixtures: one run serves several assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from conftest import REPO, ray_env
+from llava_platform.config import SamplingSpec
+from llava_platform.data.images import load_image
+from llava_platform.data.records import read_records
+from llava_platform.data.synthetic import generate
+from llava_platform.inference.engine import GenerationRequest, InferenceEngine
+from llava_platform.model import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+STEP = re.compile(r"\[train\] step (\d+)/(\d+) loss ([\d.]+)")
+STARTED = re.compile(r"\[train\] (starting|resumed at step (\d+)): .* worker nodes (\[.*?\]) pids (\[.*?\])")
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    root: Path  # output_dir = root/out, storage = root/ray
+    name: str
+
+    @property
+    def steps(self) -> list[tuple[int, float]]:
+        """(step, loss) of every logged step, in log order (a resumed run logs its steps again from the checkpoint)."""
+        return [(int(m[1]), float(m[3])) for m in STEP.finditer(self.output)]
+
+    @property
+    def final(self) -> Path:
+        return self.root / "out" / "final"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.root / "ray" / self.name).glob("step_*"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), num_train=96, num_test=8, seed=1)
+
+
+def train_args(stage: str, checkpoint: Path, data, root: Path, name: str, *overrides: str) -> list[str]:
+    """python -m jobs.<stage> on the tiny spec, pointed at this test's data, checkpoint and folders."""
+    return [sys.executable, "-m", f"jobs.{stage}", "--config", f"jobs/configs/tiny_{stage}.yaml",
+            f"model.checkpoint={checkpoint}", f"data.path={data.finetune}", f"data.image_folder={data.image_folder}",
+            f"train.output_dir={root / 'out'}", f"run.storage_path={root / 'ray'}", f"run.name={name}",
+            "train.epochs=2", "train.global_batch_size=16", "train.micro_batch_size=4", "train.log_every_steps=1",
+            "train.checkpoint_every_steps=4", "train.lr=1e-3", "train.warmup_ratio=0", "scaling.num_workers=2",
+            "scaling.torch_threads=1", *overrides]  # fmt: skip
+
+
+def launch(args: list[str], cluster, on_line=None, timeout: int = 600) -> tuple[int, str]:
+    """Run a job process against the cluster, streaming its output through `on_line(line, process)`."""
+    process = subprocess.Popen(args, cwd=REPO, env=ray_env(RAY_ADDRESS=cluster.gcs), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    lines: list[str] = []
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line, process)
+    finally:
+        timer.cancel()
+    return process.wait(), "".join(lines)
+
+
+def run_training(cluster, tmp_path_factory, tiny_checkpoint, data, name: str, *overrides: str, on_line=None) -> Run:
+    root = tmp_path_factory.mktemp(name)
+    code, output = launch(train_args("finetune", tiny_checkpoint, data, root, name, *overrides), cluster, on_line)
+    (root / "job.log").write_text(output)  # for a failing test's post-mortem
+    return Run(code, unique_lines(output), root, name)
+
+
+def unique_lines(output: str) -> str:
+    """Both nodes of the test cluster share one log folder, so each monitors (and echoes) every worker
+    line; a worker's lines carry its pid and, for steps, different timings, so duplicates are exact copies."""
+    return "".join(dict.fromkeys(output.splitlines(keepends=True)))
+
+
+def answers(engine: InferenceEngine, data, n: int = 8) -> list[str]:
+    records = list(read_records(data.test))[:n]
+    requests = [GenerationRequest(r.messages[:1], [load_image(data.image_folder / r.images[0])]) for r in records]
+    return [r.text for r in engine.generate(requests, SamplingSpec(max_new_tokens=6))]
+
+
+def assert_final_answers_like_plain_transformers(run: Run, data) -> None:
+    """final/ is a complete HF checkpoint: plain transformers and the platform's engine give the same greedy text."""
+    bundle = load_checkpoint(run.final)
+    ours = answers(InferenceEngine(bundle), data, n=2)
+    processor = AutoProcessor.from_pretrained(run.final)
+    model = LlavaForConditionalGeneration.from_pretrained(run.final)
+    record = next(iter(read_records(data.test)))
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": record.messages[0].content.removeprefix("<image>\n")}]}],
+                                           add_generation_prompt=True)  # fmt: skip
+    inputs = processor(images=load_image(data.image_folder / record.images[0]), text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    theirs = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert ours[0].strip() == theirs.strip() and all(isinstance(a, str) for a in ours)
+
+
+def assert_loss_falls(run: Run, by: float = 0.2) -> None:
+    """The mean of the last 3 logged losses is at least `by` below that of the first 3."""
+    losses = [loss for _, loss in run.steps]
+    assert len(losses) >= 8, run.output[-3000:]
+    assert sum(losses[-3:]) / 3 < (1 - by) * sum(losses[:3]) / 3, losses
+
+
+# --------------------------------------------------------------------------- DDP across two nodes, one worker killed
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
+    """2 workers, one per node (STRICT_SPREAD); rank 1 is SIGKILLed once step 5 is logged (a checkpoint exists at 4)."""
+    killed: list[int] = []
+
+    def kill_rank1(line: str, process) -> None:
+        started = STARTED.search(line)
+        if started and not killed:
+            kill_rank1.pids = json.loads(started[4])
+        step = STEP.search(line)
+        if step and int(step[1]) == 5 and not killed:
+            os.kill(kill_rank1.pids[1], signal.SIGKILL)
+            killed.append(kill_rank1.pids[1])
+
+    run = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, "ddp", "scaling.placement_strategy=STRICT_SPREAD",
+                       on_line=kill_rank1)  # fmt: skip
+    run.killed = killed
+    return run
+
+
+def test_ddp_run_spans_two_nodes(ddp_run):
+    assert ddp_run.returncode == 0, ddp_run.output[-3000:]
+    first = STARTED.search(ddp_run.output)
+    nodes = json.loads(first[3].replace("'", '"'))
+    assert len(nodes) == 2 and len(set(nodes)) == 2, nodes  # STRICT_SPREAD: one worker per node
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ddp_run):
+    assert ddp_run.returncode == 0 and ddp_run.killed, ddp_run.output[-3000:]
+    resumed = [int(m[2]) for m in STARTED.finditer(ddp_run.output) if m[2] is not None]
+    assert len(resumed) == 1 and resumed[0] >= 4 and resumed[0] % 4 == 0, resumed
+    steps = [s for s, _ in ddp_run.steps]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # where the log goes back
+    assert steps[:restart] == list(range(1, restart + 1)) and steps[restart - 1] >= 5
+    # after the restart: from the checkpoint's next step to the end, each step once
+    assert steps[restart:] == list(range(resumed[0] + 1, 13)), steps
+    assert ddp_run.final.is_dir()
+
+
+def test_checkpoints_hold_model_optimizer_and_position(ddp_run):
+    checkpoints = ddp_run.checkpoints()
+    assert [c.name for c in checkpoints][-2:] == ["step_000008", "step_000012"]  # keep_checkpoints: 2
+    last = checkpoints[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == 12 and state["total_steps"] == 12 and state["workers"] == 2
+    assert (last / "optimizer.pt").is_file() and (last / "job_spec.yaml").is_file()
+    assert load_checkpoint(last / "model").spec.template == "vicuna_v1"
+
+
+def test_ddp_final_answers_and_loss_falls(ddp_run, data):
+    assert_loss_falls(ddp_run)
+    assert_final_answers_like_plain_transformers(ddp_run, data)
+
+
+# --------------------------------------------------------------------------- DeepSpeed ZeRO (gloo on CPU)
+
+
+@pytest.fixture(scope="module", params=["zero2", "zero3"])
+def zero_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
+    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}")
+
+
+def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_checkpoint, data):
+    assert zero_run.returncode == 0, zero_run.output[-3000:]
+    assert_loss_falls(zero_run)
+    # the same init, data and first batch: ZeRO's step-1 loss is DDP's
+    assert zero_run.steps[0][1] == pytest.approx(ddp_run.steps[0][1], rel=1e-4)
+    assert (zero_run.checkpoints()[-1] / "deepspeed").is_dir()
+    before, after = load_file(tiny_checkpoint / "model.safetensors"), load_file(zero_run.final / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert after[name].shape == tensor.shape, name  # ZeRO-3 partitions were gathered
+    llm = [n for n in before if "language_model" in n and n.endswith("q_proj.weight")]
+    assert llm and all(not torch.equal(before[n], after[n]) for n in llm)  # the LLM trained
+    tower = [n for n in before if "vision_tower" in n]
+    assert all(torch.equal(before[n], after[n]) for n in tower)  # the tower stayed frozen
+    assert_final_answers_like_plain_transformers(zero_run, data)
+
+
+# --------------------------------------------------------------------------- LoRA / QLoRA
+
+
+@pytest.fixture(scope="module", params=["lora", "qlora"])
+def adapter_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
+    quantization = "4bit" if request.param == "qlora" else "none"
+    # LoRA's usual 10x the full fine-tune lr: rank-8 adapters on a random-init LLM move slowly
+    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, "scaling.num_workers=1",
+                        "model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", f"model.quantization={quantization}",
+                        "train.lr=1e-2", "train.projector_lr=1e-3")  # fmt: skip
+
+
+def test_adapter_runs_save_adapters_and_a_merged_final(adapter_run, data):
+    assert adapter_run.returncode == 0, adapter_run.output[-3000:]
+    assert_loss_falls(adapter_run, by=0.1)
+    model_dir = adapter_run.checkpoints()[-1] / "model"
+    assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "model.safetensors").exists()
+    saved = load_checkpoint(model_dir).spec
+    assert saved.lora.r == 8 and saved.quantization == ("4bit" if adapter_run.name == "qlora" else "none")
+    assert not (adapter_run.final / "adapter_config.json").exists() and (adapter_run.final / "model.safetensors").is_file()
+    # the adapters over the unquantized base answer exactly as the merged model
+    adapters = answers(InferenceEngine(load_checkpoint(model_dir)), data)
+    merged = answers(InferenceEngine(load_checkpoint(adapter_run.final)), data)
+    assert adapters == merged
+    assert_final_answers_like_plain_transformers(adapter_run, data)
+
+
+# --------------------------------------------------------------------------- ray job submit, bad data
+
+
+def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint, data, tmp_path):
+    ray = str(Path(sys.executable).parent / "ray")
+    job_id = f"llava-finetune-{int(time.time())}"
+    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.epochs=1",
+                      "train.loggers=[tensorboard]")  # fmt: skip
+    command = ["python", *args[1:]]  # the cluster's python, in the uploaded working dir
+    submit = subprocess.run([ray, "job", "submit", "--address", ray_cluster.dashboard, "--submission-id", job_id,
+                             "--working-dir", str(REPO), "--", *command],
+                            env=ray_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
+    status = subprocess.run([ray, "job", "status", "--address", ray_cluster.dashboard, job_id], env=ray_env(),
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert "[train] step 6/6" in submit.stdout
+    bundle = load_checkpoint(tmp_path / "out" / "final")
+    assert answers(InferenceEngine(bundle), data, n=1)
+    # train.loggers: every logged step's metrics reach TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
+
+
+def test_bad_records_stop_the_job_before_training(ray_cluster, tiny_checkpoint, data, tmp_path):
+    records = json.loads(data.finetune.read_text())
+    records[3]["image"] = "images/missing.png"
+    records[7]["conversations"] = [{"from": "gpt", "value": "an answer before any question"}]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(records))
+    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "bad", "scaling.num_workers=1", f"data.path={bad}")
+    code, output = launch(args, ray_cluster)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert f"{records[3]['id']}: missing_image" in output and f"{records[7]['id']}: malformed" in output
+    assert "data.on_bad_record: skip" in output  # the fix is named
+    assert "[train] step" not in output and not (tmp_path / "ray" / "bad").exists()
