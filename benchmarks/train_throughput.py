@@ -1,65 +1,139 @@
-"""Training throughput of the in-process loop: samples/s, tokens/s and MFU, stage 1 vs stage 2 in one process.
+"""Training throughput of a job spec: samples/s, tokens/s and MFU of the compute core, in one process.
 
-    python benchmarks/train_throughput.py --preset tiny --steps 20
-    python benchmarks/train_throughput.py --preset llava-1.5-7b --device cuda --dtype bfloat16 --peak-tflops 989   # GPU (needs ZeRO/QLoRA for 7B full FT: next)
+    python benchmarks/train_throughput.py --config jobs/configs/tiny_finetune.yaml --preset tiny --steps 20
+    python benchmarks/train_throughput.py --config jobs/configs/llava-1.5-7b_finetune.yaml --preset llava-1.5-7b \\
+        --device cuda --steps 10 train.micro_batch_size=16 train.global_batch_size=16          # full FT, ZeRO-3, bf16
+    python benchmarks/train_throughput.py --config jobs/configs/llava-1.5-7b_qlora.yaml --preset llava-1.5-7b --device cuda
 
-Both stages run on the same random-init model and the same synthetic batches, so their ratio
-(stage 2 / stage 1 step time) isolates what training the LLM costs on this machine. The first
-`--warmup` steps of each stage are not counted.
+The spec's stage runs exactly as a Ray Train worker runs it (train.setup.build_training: freeze,
+LoRA / QLoRA, dtype, gradient checkpointing, DDP or DeepSpeed; train.loop.run_steps), without Ray,
+on one device, with a random-init model of `--preset`'s shapes (no download) and synthetic scenes
+at the model's image size. `--compare` reruns it with other overrides in the same process and
+prints the ratio to the first run (default: the same spec as stage 1, projector only).
+The first `--warmup` steps of each run are not counted. MFU is against the device's dense bf16
+peak on a known GPU, `train.peak_tflops` if given, and on a CPU against the fp32 matmul rate
+measured here first (so CPU MFU reads "fraction of what this CPU's GEMM reaches").
 """
 
 import argparse
+import gc
+import os
 import statistics
 import tempfile
 
+import time
+
 import torch
+import torch.distributed as dist
 
 from llava_platform.cli import quiet_transformers
-from llava_platform.config import ModelSpec, TrainSpec
+from llava_platform.config import ModelSpec, TrainJobSpec, load
 from llava_platform.data.records import read_records
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
-from llava_platform.model import build_model
-from llava_platform.train.loop import train
+from llava_platform.data.templates import get_template
+from llava_platform.model.builder import build_model, build_processor_for, model_template
+from llava_platform.model.checkpoint import save_checkpoint
+from llava_platform.train.flops import peak_tflops_for
+from llava_platform.train.loop import run_steps, sample_batches
+from llava_platform.train.plan import DataPlan
+from llava_platform.train.setup import build_training
+
+
+def matmul_tflops(size: int = 1024, repeats: int = 20) -> float:
+    """This CPU's fp32 GEMM rate, best of `repeats` (size x size) @ (size x size)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak_tflops: float | None) -> dict[str, float | None]:
+    """Median samples/s, tokens/s, MFU of the spec's steps after `warmup`."""
+    plan = DataPlan.for_spec(len(samples), spec.train, workers=1)
+    setup = build_training(spec, plan, device)
+    batches = sample_batches(samples, plan, rank=0, window=spec.train.length_grouping_window)
+    history = list(run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id, start_step=0,
+                             total_steps=plan.total_steps, accumulation=plan.accumulation,
+                             peak_tflops=peak_tflops))[warmup:]  # fmt: skip
+    del setup
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "samples/s": statistics.median(m.samples_per_s for m in history),
+        "tokens/s": statistics.median(m.tokens_per_s for m in history),
+        "mfu": statistics.median(m.mfu for m in history) if history[0].mfu is not None else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--config", required=True, help="a training job spec (jobs/configs/*.yaml)")
+    parser.add_argument("--preset", required=True, help="model shapes, random init: tiny, llava-1.5-7b, llava-next-7b ...")
+    parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (H100 bf16 dense: 989)")
+    parser.add_argument("--compare", action="append", default=None,
+                        help="space-separated overrides of a second run (repeatable); default: 'train.stage=pretrain'")  # fmt: skip
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to every run")
     args = parser.parse_args()
     quiet_transformers()
     torch.manual_seed(0)
+    device = torch.device(args.device)
 
-    bundle = build_model(ModelSpec(preset=args.preset, init="random", dtype=args.dtype), device=args.device)
-    image_size = bundle.model.config.vision_config.image_size
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generate(tmp, num_train=args.micro_batch * (args.steps + args.warmup), num_test=0, image_size=image_size)
-        encoder = SampleEncoder(bundle.processor, bundle.template, data.image_folder)
-        samples = [encoder.encode(r) for r in read_records(data.finetune)]
+    def spec_for(extra: list[str]) -> TrainJobSpec:
+        spec = load(args.config, TrainJobSpec, args.overrides + extra)
+        model = ModelSpec(**spec.model.model_dump(exclude={"preset", "checkpoint", "components", "original_checkpoint", "init"}),
+                          preset=args.preset, init="random")  # fmt: skip
+        if model.quantization != "none":  # QLoRA: the random base is saved once and loaded quantized
+            model = ModelSpec(**model.model_dump(exclude={"preset", "init"}), checkpoint=base_checkpoint(model))
+        return spec.model_copy(update={"model": model})
+
+    runs = [("spec", [])] + [(c, c.split()) for c in (args.compare or ["train.stage=pretrain"])]
+    specs = [(label, spec_for(extra)) for label, extra in runs]
+    if any(s.train.strategy != "ddp" for _, s in specs):  # DeepSpeed wants a process group, even of one
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+    first = specs[0][1]
+    processor = build_processor_for(first.model)
+    image_size = processor.image_processor.crop_size["height"] if hasattr(processor.image_processor, "crop_size") else 336
     steps = args.steps + args.warmup
-    results = {}
-    for stage in ("pretrain", "finetune"):
-        spec = TrainSpec(stage=stage, output_dir=tmp, lr=1e-5, global_batch_size=args.micro_batch,
-                         micro_batch_size=args.micro_batch, epochs=steps * args.micro_batch / len(samples))  # fmt: skip
-        history = train(bundle, samples, spec, peak_tflops=args.peak_tflops)[args.warmup :]
-        results[stage] = {
-            "samples/s": statistics.median(m.samples_per_s for m in history),
-            "tokens/s": statistics.median(m.tokens_per_s for m in history),
-            "mfu": statistics.median(m.mfu for m in history) if args.peak_tflops else None,
-        }
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()} threads"
-    print(f"{args.preset} on {device}, {args.dtype}, micro-batch {args.micro_batch}, median of {args.steps} steps")
-    for stage, r in results.items():
-        mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
-        print(f"  {stage:8s}: {r['samples/s']:.1f} samples/s, {r['tokens/s']:.0f} tokens/s{mfu}")
-    ratio = results["pretrain"]["samples/s"] / results["finetune"]["samples/s"]
-    print(f"  stage-2 step costs {ratio:.2f}x a stage-1 step (LLM weight gradients + optimizer)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = generate(tmp, num_train=min(6000, first.train.global_batch_size * steps), num_test=0, image_size=image_size)
+        encoder = SampleEncoder(processor, processor_template(first), data.image_folder, first.data.max_length)
+        samples = [encoder.encode(r) for r in read_records(data.finetune)]
+    peak = peak_tflops_for(device, first.train.peak_tflops) or (matmul_tflops() if device.type == "cpu" else None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"{args.preset} ({args.config}) on {name}, {first.model.dtype}, strategy {first.train.strategy}, "
+          f"micro-batch {first.train.micro_batch_size}, median of {args.steps} steps, "
+          f"MFU against {peak or 0:.3g} TFLOP/s", flush=True)  # fmt: skip
+    results = []
+    for label, spec in specs:
+        epochs = steps * spec.train.global_batch_size / len(samples)
+        result = measure(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": epochs})}), samples, device,
+                         args.warmup, peak)  # fmt: skip
+        results.append(result)
+        mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
+        ratio = "" if not results[1:] else f" ({results[0]['samples/s'] / result['samples/s']:.2f}x faster than this)"
+        print(f"  {label}: {result['samples/s']:.1f} samples/s, {result['tokens/s']:.0f} tokens/s{mfu}{ratio}", flush=True)
+
+
+def processor_template(spec: TrainJobSpec):
+    return get_template(spec.data.template or model_template(spec.model))
+
+
+def base_checkpoint(model: ModelSpec) -> str:
+    """A random-init checkpoint of the preset (unquantized) to load in 4/8-bit, cached per preset."""
+    path = os.path.join(tempfile.gettempdir(), f"llava-platform-bench-{model.preset}-{model.dtype}")
+    if not os.path.isdir(path):
+        save_checkpoint(build_model(model.model_copy(update={"quantization": "none", "lora": None})), path)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,77 +1,90 @@
-"""The embedded demo: synthetic scenes -> tiny LLaVA checkpoint -> dataset check -> answers on held-out questions.
+"""The embedded demo: synthetic scenes -> stage 1 and stage 2 training of the tiny preset on a local Ray
+-> exact-match accuracy and a few answers on held-out questions.
 
     python -m jobs.demo --out demo_output
 
-No cluster, no downloads. The tiny model is random-init here (training arrives with
-jobs.pretrain / jobs.finetune), so its answers are noise and its accuracy is ~0: the demo
-proves the path data -> model -> checkpoint -> engine end to end, not the learning.
+No cluster, no downloads: the two stages are the shipped specs jobs/configs/tiny_pretrain.yaml and
+tiny_finetune.yaml, run by the same code as `python -m jobs.pretrain` / `jobs.finetune`, with their
+paths pointed under --out. A fresh --out starts fresh runs (the demo clears its own Ray storage).
 """
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 from llava_platform.cli import quiet_transformers, user_errors_exit
-from llava_platform.config import ModelSpec, SamplingSpec
+from llava_platform.config import SamplingSpec, TrainJobSpec, load
 from llava_platform.data.images import load_image
 from llava_platform.data.records import read_records
-from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
-from llava_platform.data.validate import validate_dataset
 from llava_platform.eval.metrics import accuracy
 from llava_platform.inference.engine import GenerationRequest, InferenceEngine
-from llava_platform.model import build_model, load_checkpoint, save_checkpoint
+from llava_platform.model import load_checkpoint
+from llava_platform.train.launch import run_training
+
+CONFIGS = Path(__file__).parent / "configs"
 
 
-def step(title: str, started: float) -> float:
-    print(f"\n== {title} (t={time.perf_counter() - started:.1f}s)")
-    return time.perf_counter()
+def step(title: str, started: float) -> None:
+    print(f"\n== {title} (t={time.perf_counter() - started:.0f}s)", flush=True)
+
+
+def stage_spec(stage: str, out: Path, data, checkpoint: Path | None, extra: list[str]) -> TrainJobSpec:
+    """The shipped tiny spec of a stage, its paths under the demo folder."""
+    source = data.pretrain if stage == "pretrain" else data.finetune
+    overrides = [f"data.path={source}", f"data.image_folder={data.image_folder}", f"train.output_dir={out / stage}",
+                 f"run.storage_path={out / 'ray'}", f"run.name=demo-{stage}"]  # fmt: skip
+    if checkpoint is not None:
+        overrides.append(f"model.checkpoint={checkpoint}")
+    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + extra)
 
 
 @user_errors_exit
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_output", help="folder for the data and checkpoints")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-test", type=int, default=200)
-    parser.add_argument("--show", type=int, default=5, help="question/answer pairs to print")
+    parser.add_argument("--out", default="demo_output", help="folder for the data, checkpoints and results")
+    parser.add_argument("--num-train", type=int, default=2000, help="training scenes")
+    parser.add_argument("--num-test", type=int, default=200, help="held-out scenes, one question each")
+    parser.add_argument("--show", type=int, default=6, help="question/answer pairs to print")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.epochs=1")
     args = parser.parse_args()
     quiet_transformers()
     started = time.perf_counter()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    shutil.rmtree(out / "ray", ignore_errors=True)  # fresh runs: the same run name would resume
 
     step("1. synthetic scenes", started)
     data = generate(out / "data", args.num_train, args.num_test, seed=0)
-    print(f"{args.num_train} train scenes (captions + QA), {args.num_test} held-out test questions in {data.root}")
+    print(f"{args.num_train} train scenes (captions + QA), {args.num_test} held-out questions in {data.root}")
 
-    step("2. tiny LLaVA checkpoint (random init)", started)
-    bundle = build_model(ModelSpec(preset="tiny"))
-    checkpoint = save_checkpoint(bundle, out / "tiny-init")
-    params = sum(p.numel() for p in bundle.model.parameters())
-    print(f"{type(bundle.model).__name__}: {params / 1e6:.2f} M parameters, template {bundle.spec.template} -> {checkpoint}")
+    step("2. stage 1: projector alignment on captions (jobs.pretrain, tiny_pretrain.yaml)", started)
+    first = run_training(stage_spec("pretrain", out, data, None, args.overrides), "pretrain")
 
-    step("3. dataset check (same as jobs.validate_data)", started)
-    encoder = SampleEncoder(bundle.processor, bundle.template, data.image_folder)
-    report, _ = validate_dataset(str(data.finetune), encoder)
-    print(report.format())
+    step("3. stage 2: visual instruction tuning (jobs.finetune, tiny_finetune.yaml)", started)
+    second = run_training(stage_spec("finetune", out, data, first.final, args.overrides), "finetune")
 
     step("4. answers on held-out questions (engine, batched greedy decoding)", started)
-    engine = InferenceEngine(load_checkpoint(checkpoint))
+    engine = InferenceEngine(load_checkpoint(second.final))
     tests = list(read_records(data.test))
     requests = [GenerationRequest(r.messages[:1], [load_image(data.image_folder / r.images[0])]) for r in tests]
-    results = []
-    for i in range(0, len(requests), 32):
-        results += engine.generate(requests[i : i + 32], SamplingSpec(max_new_tokens=8))
-    predictions = [r.text for r in results]
+    predictions = []
+    for i in range(0, len(requests), 64):
+        predictions += [r.text for r in engine.generate(requests[i : i + 64], SamplingSpec(max_new_tokens=8))]
     golds = [r.extra["answer"] for r in tests]
     for record, prediction in list(zip(tests, predictions))[: args.show]:
         question = record.messages[0].content.removeprefix("<image>\n")
         print(f"Q: {question}\n   gold: {record.extra['answer']!r}  model: {prediction!r}")
     score = accuracy(predictions, golds)
-    print(f"\nexact-match accuracy on {len(tests)} held-out questions: {score:.1%} (untrained model)")
-    (out / "demo_results.json").write_text(json.dumps({"accuracy": score, "num_test": len(tests)}, indent=1))
-    print(f"done in {time.perf_counter() - started:.1f}s")
+    train_seconds = first.seconds + second.seconds
+    print(f"\nexact-match accuracy on {len(tests)} held-out questions: {score:.1%}")
+    print(f"training time (both stages, Ray Train fit): {train_seconds:.0f}s "
+          f"(stage 1 {first.seconds:.0f}s, stage 2 {second.seconds:.0f}s); final model: {second.final}")  # fmt: skip
+    results = {"accuracy": score, "num_test": len(tests), "train_seconds": train_seconds,
+               "stage_seconds": {"pretrain": first.seconds, "finetune": second.seconds}, "final": str(second.final)}  # fmt: skip
+    (out / "demo_results.json").write_text(json.dumps(results, indent=1))
+    print(f"done in {time.perf_counter() - started:.0f}s")
 
 
 if __name__ == "__main__":
