@@ -120,7 +120,7 @@ def main() -> None:
                          args.warmup, peak)  # fmt: skip
         results.append(result)
         mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
-        ratio = "" if not results[1:] else f" ({results[0]['samples/s'] / result['samples/s']:.2f}x faster than this)"
+        ratio = "" if not results[1:] else f" ({result['samples/s'] / results[0]['samples/s']:.2f}x the spec's samples/s)"
         print(f"  {label}: {result['samples/s']:.1f} samples/s, {result['tokens/s']:.0f} tokens/s{mfu}{ratio}", flush=True)
 
 

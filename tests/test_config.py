@@ -105,3 +105,44 @@ def test_every_shipped_spec_validates(path):
     keys = frozenset(yaml.safe_load(path.read_text()))
     assert keys in SPEC_KINDS, f"{path.name}: no spec class for sections {sorted(keys)}"
     load(path, SPEC_KINDS[keys])
+
+
+def shipped(name: str) -> TrainJobSpec:
+    return load(REPO / "jobs" / "configs" / f"{name}.yaml", TrainJobSpec)
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_shipped_llava_1_5_recipes_are_llavas(size):
+    """LLaVA-1.5's published hyperparameters: stage 1 projector only on captions, stage 2 from its output."""
+    pretrain = shipped(f"llava-1.5-{size}_pretrain")
+    assert pretrain.model.preset == f"llava-1.5-{size}" and pretrain.data.template == "plain"
+    t = pretrain.train
+    assert (t.stage, t.lr, t.global_batch_size, t.scheduler, t.warmup_ratio, t.epochs) == ("pretrain", 1e-3, 256, "cosine", 0.03, 1)
+    assert not t.trains_llm and not t.train_vision_tower
+    stage1_final = f"{t.output_dir}/final"
+    for kind in ["finetune", "lora", "qlora"]:
+        spec = shipped(f"llava-1.5-{size}_{kind}")
+        t = spec.train
+        assert spec.model.checkpoint == stage1_final, kind  # the projector carries over
+        assert (t.stage, t.global_batch_size, t.scheduler, t.warmup_ratio, t.epochs) == ("finetune", 128, "cosine", 0.03, 1)
+        assert t.trains_llm and not t.train_vision_tower and spec.data.template is None  # stage 1 saved vicuna_v1
+        assert (spec.model.lora is not None) == (kind != "finetune")
+        assert spec.model.quantization == ("4bit" if kind == "qlora" else "none")
+        # full fine-tune at 2e-5; LoRA at its own 2e-4 with the projector kept at 2e-5
+        assert (t.lr, t.projector_lr or t.lr) == ((2e-5, 2e-5) if kind == "finetune" else (2e-4, 2e-5)), kind
+        # the global batch divides over the workers the spec asks for
+        assert t.accumulation_steps(spec.scaling.num_workers) * t.micro_batch_size * spec.scaling.num_workers == 128
+
+
+def test_shipped_llava_next_recipe_trains_anyres_from_its_stage_1():
+    pretrain, finetune = shipped("llava-next-7b_pretrain"), shipped("llava-next-7b_finetune")
+    assert pretrain.model.preset == "llava-next-7b" and pretrain.train.stage == "pretrain"
+    assert finetune.model.checkpoint == f"{pretrain.train.output_dir}/final"
+    assert finetune.train.lr == 2e-5 and finetune.train.global_batch_size == 128 and finetune.train.vision_lr == 2e-6
+
+
+def test_shipped_tiny_specs_chain_stage_1_into_stage_2():
+    pretrain, finetune = shipped("tiny_pretrain"), shipped("tiny_finetune")
+    assert pretrain.train.stage == "pretrain" and finetune.train.stage == "finetune"
+    assert finetune.model.checkpoint == f"{pretrain.train.output_dir}/final"
+    assert not pretrain.scaling.use_gpu and not finetune.scaling.use_gpu

@@ -92,14 +92,13 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
 
     workers = spec.scaling.num_workers
     plan = DataPlan.for_spec(len(good), spec.train, workers)
-    order = plan.order()
-    datasets = {
-        dataset_name(rank): encoded_dataset([good[order[p]] for p in plan.worker_positions(rank)], encoder, spec.data)
-        for rank in range(workers)
-    }
+    datasets, replays = {}, {}
+    for rank in range(workers):
+        records, replays[rank] = plan.worker_records(rank, cache=spec.data.cache_encoded)
+        datasets[dataset_name(rank)] = encoded_dataset([good[i] for i in records], encoder, spec.data)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "plan": asdict(plan)},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "plan": asdict(plan), "replays": replays},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=spec.scaling.use_gpu,
