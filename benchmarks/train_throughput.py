@@ -98,6 +98,7 @@ def main() -> None:
     if any(s.train.strategy != "ddp" for _, s in specs):  # DeepSpeed wants a process group, even of one
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29512")
+        os.environ.setdefault("LOCAL_RANK", "0")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
     first = specs[0][1]

@@ -1,5 +1,5 @@
-"""Training input on Ray Data: records are checked and encoded by CPU actors, in parallel, and
-streamed into the training workers.
+"""Training input on Ray Data: records are checked and encoded by CPU tasks, in parallel, and
+streamed into the training workers (or, with data.cache_encoded, encoded once and replayed there).
 
     driver: read_records() -> Record / BadRecord (malformed entries are reported here)
     record rows  {index, id, roles, contents, images}                     plain Arrow columns
@@ -144,7 +144,7 @@ def _tasks(config: EncoderConfig, data: DataSpec) -> dict[str, Any]:
 
 
 def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: DataSpec) -> tuple[ValidationReport, list[Record]]:
-    """jobs.validate_data's checks over the whole dataset, run by Ray Data actors: the report (in file
+    """jobs.validate_data's checks over the whole dataset, run as Ray Data tasks: the report (in file
     order) and the records without a problem."""
     import ray.data
 

@@ -2,8 +2,8 @@
 
     python -m jobs.finetune --config jobs/configs/tiny_finetune.yaml [dotted.key=value ...]
 
-Order: the spec -> Ray (the cluster named by RAY_ADDRESS / `ray job submit`, a running local
-one, or a new local one) -> the dataset check on Ray Data (fails naming the bad ids, or skips
+Order: the spec -> Ray (the cluster named by RAY_ADDRESS / `ray job submit`, else ray.init()'s
+default) -> the dataset check on Ray Data (fails naming the bad ids, or skips
 them with the report) -> the plan -> one Ray Dataset per worker -> TorchTrainer.fit() (a run
 with the same name and storage restarts from its latest checkpoint) -> <output_dir>/final/.
 """
@@ -50,7 +50,7 @@ def _local(path: str | None) -> str | None:
 
 
 def _absolute(spec: TrainJobSpec) -> TrainJobSpec:
-    """Paths as the driver sees them: Ray's controller, workers and data actors run elsewhere (another
+    """Paths as the driver sees them: Ray's controller, workers and data tasks run elsewhere (another
     cwd, another node), so every local path in the spec is made absolute before it travels."""
     storage = spec.run.storage_path
     storage = storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
