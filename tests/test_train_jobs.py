@@ -90,8 +90,9 @@ def launch(args: list[str], cluster, on_line=None, timeout: int = 600) -> tuple[
     return process.wait(), "".join(lines)
 
 
-def run_training(cluster, tmp_path_factory, tiny_checkpoint, data, name: str, *overrides: str, on_line=None) -> Run:
-    root = tmp_path_factory.mktemp(name)
+def run_training(cluster, tmp_path_factory, tiny_checkpoint, data, name: str, *overrides: str, on_line=None,
+                 root: Path | None = None) -> Run:  # fmt: skip
+    root = root or tmp_path_factory.mktemp(name)
     code, output = launch(train_args("finetune", tiny_checkpoint, data, root, name, *overrides), cluster, on_line)
     (root / "job.log").write_text(output)  # for a failing test's post-mortem
     return Run(code, unique_lines(output), root, name)
@@ -186,6 +187,25 @@ def test_checkpoints_hold_model_optimizer_and_position(ddp_run):
 def test_ddp_final_answers_and_loss_falls(ddp_run, data):
     assert_loss_falls(ddp_run)
     assert_final_answers_like_plain_transformers(ddp_run, data)
+
+
+def test_rerunning_a_failed_job_with_the_same_name_resumes_it(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
+    """run.max_failures=0: killing the worker at step 5 fails the job; the same command again resumes it."""
+    pids: list[int] = []
+
+    def kill_at_step_5(line: str, process) -> None:
+        if started := STARTED.search(line):
+            pids[:] = json.loads(started[4])
+        if (step := STEP.search(line)) and int(step[1]) == 5:
+            os.kill(pids[0], signal.SIGKILL)
+
+    args = ("rerun", "scaling.num_workers=1", "run.max_failures=0")
+    failed = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, *args, on_line=kill_at_step_5)
+    assert failed.returncode != 0 and not failed.final.exists(), failed.output[-3000:]
+    rerun = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, *args, root=failed.root)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert [m[1] for m in STARTED.finditer(rerun.output)] == ["resumed at step 4"]  # the step-4 checkpoint
+    assert [s for s, _ in rerun.steps] == list(range(5, 13)) and rerun.final.is_dir()
 
 
 # --------------------------------------------------------------------------- DeepSpeed ZeRO (gloo on CPU)
