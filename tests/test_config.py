@@ -146,3 +146,18 @@ def test_shipped_tiny_specs_chain_stage_1_into_stage_2():
     assert pretrain.train.stage == "pretrain" and finetune.train.stage == "finetune"
     assert finetune.model.checkpoint == f"{pretrain.train.output_dir}/final"
     assert not pretrain.scaling.use_gpu and not finetune.scaling.use_gpu
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model.lora.r=8", "train.strategy=zero3"], "use train.strategy: zero2"),
+        (["model.dtype=float16"], "use model.dtype: bfloat16, or a DeepSpeed strategy"),
+    ],
+)
+def test_training_combinations_that_would_save_or_train_wrongly_are_refused(tmp_path, overrides, named):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(TRAIN | {"train": {"stage": "finetune", "output_dir": "out"}, "run": {"name": "r", "storage_path": "s"}}))
+    with pytest.raises(ConfigError, match=named):
+        load(path, TrainJobSpec, overrides)
+    load(path, TrainJobSpec, [o.replace("zero3", "zero2").replace("float16", "bfloat16") for o in overrides])  # the fix works

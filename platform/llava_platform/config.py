@@ -320,6 +320,13 @@ class TrainJobSpec(StrictModel):
             raise ValueError(f"model.quantization={self.model.quantization}: quantized weights cannot train; add model.lora (QLoRA)")
         if self.model.quantization != "none" and self.train.strategy.startswith("zero3"):
             raise ValueError("model.quantization with ZeRO-3: bitsandbytes weights cannot be partitioned; use strategy ddp or zero2")
+        if self.model.lora is not None and self.train.strategy.startswith("zero3"):
+            # adapters are saved with peft's save_pretrained, which reads ZeRO-3's empty partition placeholders
+            raise ValueError(f"model.lora with train.strategy={self.train.strategy}: adapter checkpoints need whole "
+                             "parameters; use train.strategy: zero2 (adapters are small, so ZeRO-3 saves little)")  # fmt: skip
+        if self.model.dtype == "float16" and self.train.strategy == "ddp":
+            raise ValueError("model.dtype=float16 with train.strategy=ddp: fp16 needs loss scaling, which the ddp "
+                             "strategy does not do; use model.dtype: bfloat16, or a DeepSpeed strategy")  # fmt: skip
         return self
 
 
