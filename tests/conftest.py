@@ -74,13 +74,18 @@ class RayCluster:
     def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4):
         import subprocess
 
+        import tempfile
+
         self.root = root
+        # Ray's unix sockets live under --temp-dir and their paths must stay within 107 bytes:
+        # pytest's tmp folders can be too deep, so the session folder goes to a short /tmp/rayXXXX
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
         self.env = ray_env()
         self.processes: list[subprocess.Popen] = []
         head = ["--head", f"--port={self.gcs.split(':')[1]}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--temp-dir={root / 'ray'}", "--include-dashboard=true"]  # fmt: skip
+                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true"]  # fmt: skip
         self._start(head, cpus_per_node, "head")
         for n in range(1, nodes):
             self._start([f"--address={self.gcs}"], cpus_per_node, f"node{n}")
@@ -102,6 +107,7 @@ class RayCluster:
 
     def stop(self) -> None:
         import os
+        import shutil
         import signal
 
         for process in reversed(self.processes):
@@ -112,6 +118,7 @@ class RayCluster:
                 pass
             except Exception:
                 os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def ray_env(**extra: str) -> dict[str, str]:
