@@ -10,15 +10,7 @@ run.storage_path resumes from the latest checkpoint. <train.output_dir>/final is
 checkpoint (LoRA merged unless train.merge_lora: false) for jobs.chat and plain transformers.
 """
 
-from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.train.launch import main
 
-
-@user_errors_exit
-def run() -> None:
-    quiet_transformers()
-    main("finetune", __doc__)
-
-
 if __name__ == "__main__":
-    run()
+    main("finetune", __doc__)

@@ -9,15 +9,7 @@ with the same run.name and run.storage_path resumes from the latest checkpoint. 
 up in <train.output_dir>/final, which a stage-2 spec names as model.checkpoint.
 """
 
-from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.train.launch import main
 
-
-@user_errors_exit
-def run() -> None:
-    quiet_transformers()
-    main("pretrain", __doc__)
-
-
 if __name__ == "__main__":
-    run()
+    main("pretrain", __doc__)

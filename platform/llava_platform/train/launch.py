@@ -22,6 +22,7 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.config import TrainJobSpec, load
 from llava_platform.data.pipeline import EncoderConfig, check_on_ray, encoded_dataset
 from llava_platform.data.records import read_records
@@ -128,10 +129,16 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
     return TrainingResult(final, result.checkpoint.path, dict(result.metrics or {}), seconds)
 
 
-def main(stage: str, doc: str) -> TrainingResult:
-    """Command line of jobs.pretrain / jobs.finetune."""
+def main(stage: str, doc: str) -> None:
+    """Command line of jobs.pretrain / jobs.finetune: a bad spec, dataset or path exits 2 with its message."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="job spec YAML (see jobs/configs)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.lr=1e-4 scaling.num_workers=2")
     args = parser.parse_args()
-    return run_training(load(args.config, TrainJobSpec, args.overrides), stage)
+
+    @user_errors_exit
+    def run() -> None:
+        quiet_transformers()
+        run_training(load(args.config, TrainJobSpec, args.overrides), stage)
+
+    run()
