@@ -6,6 +6,12 @@
 No cluster, no downloads: the two stages are the shipped specs jobs/configs/tiny_pretrain.yaml and
 tiny_finetune.yaml, run by the same code as `python -m jobs.pretrain` / `jobs.finetune`, with their
 paths pointed under --out. A fresh --out starts fresh runs (the demo clears its own Ray storage).
+
+    python -m jobs.demo --data my_scenes --out demo_mine train.epochs=...
+
+trains the same way on another dataset: a folder with pretrain.json (captions), finetune.json (QA)
+and test.json (one question per record; the gold answer is its "answer" field, else its reply), in
+LLaVA JSON with image paths relative to the folder.
 """
 
 import argparse
@@ -18,7 +24,7 @@ from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.config import SamplingSpec, TrainJobSpec, load
 from llava_platform.data.images import load_image
 from llava_platform.data.records import read_records
-from llava_platform.data.synthetic import generate
+from llava_platform.data.synthetic import SyntheticPaths, generate
 from llava_platform.eval.metrics import accuracy
 from llava_platform.inference.engine import GenerationRequest, InferenceEngine
 from llava_platform.model import load_checkpoint
@@ -45,8 +51,9 @@ def stage_spec(stage: str, out: Path, data, checkpoint: Path | None, extra: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_output", help="folder for the data, checkpoints and results")
-    parser.add_argument("--num-train", type=int, default=2000, help="training scenes")
+    parser.add_argument("--num-train", type=int, default=6800, help="training scenes (at most 6800 with 200 held out)")
     parser.add_argument("--num-test", type=int, default=200, help="held-out scenes, one question each")
+    parser.add_argument("--data", type=Path, help="train and test on this dataset folder instead of generated scenes")
     parser.add_argument("--show", type=int, default=6, help="question/answer pairs to print")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.epochs=1")
     args = parser.parse_args()
@@ -55,9 +62,14 @@ def main() -> None:
     out = Path(args.out).resolve()
     shutil.rmtree(out / "ray", ignore_errors=True)  # fresh runs: the same run name would resume
 
-    step("1. synthetic scenes", started)
-    data = generate(out / "data", args.num_train, args.num_test, seed=0)
-    print(f"{args.num_train} train scenes (captions + QA), {args.num_test} held-out questions in {data.root}")
+    if args.data is None:
+        step("1. synthetic scenes", started)
+        data = generate(out / "data", args.num_train, args.num_test, seed=0)
+        print(f"{args.num_train} train scenes (captions + QA), {args.num_test} held-out questions in {data.root}")
+    else:
+        root = args.data.resolve()
+        data = SyntheticPaths(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json")
+        step(f"1. dataset {root}", started)
 
     step("2. stage 1: projector alignment on captions (jobs.pretrain, tiny_pretrain.yaml)", started)
     first = run_training(stage_spec("pretrain", out, data, None, args.overrides), "pretrain")
@@ -72,10 +84,10 @@ def main() -> None:
     predictions = []
     for i in range(0, len(requests), 64):
         predictions += [r.text for r in engine.generate(requests[i : i + 64], SamplingSpec(max_new_tokens=8))]
-    golds = [r.extra["answer"] for r in tests]
-    for record, prediction in list(zip(tests, predictions))[: args.show]:
+    golds = [r.extra.get("answer", r.messages[1].content) for r in tests]
+    for record, gold, prediction in list(zip(tests, golds, predictions))[: args.show]:
         question = record.messages[0].content.removeprefix("<image>\n")
-        print(f"Q: {question}\n   gold: {record.extra['answer']!r}  model: {prediction!r}")
+        print(f"Q: {question}\n   gold: {gold!r}  model: {prediction!r}")
     score = accuracy(predictions, golds)
     train_seconds = first.seconds + second.seconds
     print(f"\nexact-match accuracy on {len(tests)} held-out questions: {score:.1%}")

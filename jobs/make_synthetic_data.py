@@ -1,6 +1,6 @@
 """Write the synthetic scenes dataset (stage-1 captions, stage-2 QA, held-out test) in LLaVA JSON.
 
-    python -m jobs.make_synthetic_data --out data/synthetic --num-train 2000 --num-test 200 --seed 0
+    python -m jobs.make_synthetic_data --out data/synthetic --num-train 6800 --num-test 200 --seed 0
 """
 
 import argparse
@@ -14,7 +14,7 @@ from llava_platform.data.synthetic import generate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (images/ and the JSON files)")
-    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-train", type=int, default=6800)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)

@@ -19,10 +19,10 @@ def test_layout_and_resolved_spec(tiny_checkpoint):
     files = set(os.listdir(tiny_checkpoint))
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja", SPEC_FILE} <= files
     saved = yaml.safe_load((tiny_checkpoint / SPEC_FILE).read_text())
-    assert saved["template"] == "vicuna_v1" and saved["image_mode"] == "pad" and saved["preset"] == "tiny"
+    assert saved["template"] == "mistral_instruct" and saved["image_mode"] == "pad" and saved["preset"] == "tiny"
     assert not [p for p in os.listdir(tiny_checkpoint.parent) if p.startswith(".")]  # no temp dirs left behind
     bundle = load_checkpoint(tiny_checkpoint)  # no other argument needed
-    assert bundle.template.name == "vicuna_v1"
+    assert bundle.template.name == "mistral_instruct"
     # the tokenizer alone also carries the chat template
     from transformers import AutoTokenizer
 

@@ -11,7 +11,7 @@ def test_build_model_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "init"
     result = run_job("build_model", "--config", "jobs/configs/tiny.yaml", "--out", str(out), "model.image_mode=anyres")
     assert result.returncode == 0, result.stderr
-    assert "LlavaNextForConditionalGeneration" in result.stdout and "template vicuna_v1" in result.stdout
+    assert "LlavaNextForConditionalGeneration" in result.stdout and "template mistral_instruct" in result.stdout
     assert load_checkpoint(out).spec.image_mode == "anyres"
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from llava_platform.config import TrainSpec
-from llava_platform.train.plan import DataPlan, grouped_micro_batches, replay
+from llava_platform.train.plan import DataPlan, grouped_micro_batches
 
 
 def plan(**kw) -> DataPlan:
@@ -95,23 +95,3 @@ def test_rows_ending_mid_step_are_an_error():
     rows = rows_for(p, 0, [10] * 203, [True] * 203)[:-1]
     with pytest.raises(ValueError, match="ended mid-step"):
         micro_batches(p, rows)
-
-
-@pytest.mark.parametrize("rank", [0, 1])
-def test_cached_records_are_encoded_once_and_replayed_in_plan_order(rank):
-    p = plan(epochs=3.0)
-    streamed, no_replay = p.worker_records(rank, cache=False)
-    distinct, sequence = p.worker_records(rank, cache=True)
-    assert no_replay is None and len(streamed) == p.total_steps * p.rows_per_worker_step
-    assert len(distinct) == len(set(distinct)) == len(set(streamed)) < len(streamed)  # each record once
-    encoded: list[int] = []  # what the worker pulled from the stream, in order
-
-    def stream():
-        for record in distinct:
-            encoded.append(record)
-            yield record
-
-    replayed = replay(stream(), sequence)
-    first = [next(replayed) for _ in range(p.rows_per_worker_step)]
-    assert first == streamed[: p.rows_per_worker_step] and len(encoded) == len(set(first))  # nothing read ahead
-    assert first + list(replayed) == streamed and encoded == distinct

@@ -39,8 +39,8 @@ def test_encoded_sample_equals_processor_output(tiny_bundle, folder):
     assert sample.input_ids == expected["input_ids"][0].tolist()
     assert torch.equal(sample.pixel_values, expected["pixel_values"])
     trained = [t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
-    assert tiny_bundle.tokenizer.decode(trained) == " red</s>"
-    assert sample.input_ids.count(tiny_bundle.tokenizer.image_token_id) == 64
+    assert tiny_bundle.tokenizer.decode(trained) == " red </s>"  # mistral_instruct: reply, space, </s>
+    assert sample.input_ids.count(tiny_bundle.tokenizer.image_token_id) == 16
 
 
 def test_anyres_samples_carry_image_sizes(folder):
@@ -84,7 +84,7 @@ def test_validation_report_names_each_problem(tiny_bundle, folder):
     text = report.format()
     assert "6 samples, 2 ok, 4 with problems" in text and "- missing: missing_image: image not found" in text
     # images whose tokens cannot fit are a different error from a text that is merely cut
-    tight = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, folder, max_length=60)
+    tight = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, folder, max_length=20)  # 16 image tokens + text
     report, _ = validate_dataset(str(path), tight)
     assert {p.id: p.kind for p in report.problems}["good-1"] == "too_long"
 
@@ -115,3 +115,28 @@ def test_validate_data_cli(tiny_bundle, folder):
     assert "2 samples, 2 ok, 0 with problems" in result.stdout
     result = run_job("validate_data", "--data", str(good), "--template", "vicunaa")
     assert result.returncode == 2 and "did you mean 'vicuna_v1'" in result.stderr
+
+
+def test_the_check_stage_keeps_exactly_what_the_encode_stage_makes(tiny_bundle, folder):
+    """data.cache_encoded trains on the check's rows: they must equal EncodeRecords' (a bad record: empty)."""
+    from llava_platform.data.pipeline import EncoderConfig, check_records, encode_records, record_rows, row_to_sample
+    from llava_platform.data.records import Record
+
+    config = EncoderConfig(tiny_bundle.processor, tiny_bundle.template.name, str(folder), 200, 10**8)
+    records = [parse_record(r) for r in (qa("good-1"), qa("missing", image="nope.png"), qa("good-2", image="b.png"))]
+    assert all(isinstance(r, Record) for r in records)
+
+    def columns(rows):
+        return {k: [row[k] for row in rows] for k in rows[0]}
+
+    def samples(out):
+        return [row_to_sample({k: out[k][i] for k in out}) for i in range(len(out["id"]))]
+
+    kept = check_records(columns(record_rows(records, [7, 8, 9])), config, keep_encoded=True)
+    assert kept["index"] == [7, 8, 9] and kept["kind"] == ["", "missing_image", ""]
+    checked, encoded = samples(kept), samples(encode_records(columns(record_rows([records[0], records[2]])), config))
+    for ours, theirs in zip([checked[0], checked[2]], encoded):
+        assert ours.id == theirs.id and ours.input_ids == theirs.input_ids and ours.labels == theirs.labels
+        assert torch.equal(ours.pixel_values, theirs.pixel_values) and ours.image_sizes == theirs.image_sizes
+    assert checked[1].input_ids == [] and checked[1].pixel_values is None
+    assert "pixel_values" not in check_records(columns(record_rows(records)), config)  # no pixels leave a plain check

@@ -213,7 +213,9 @@ def test_rerunning_a_failed_job_with_the_same_name_resumes_it(ray_cluster, tmp_p
 
 @pytest.fixture(scope="module", params=["zero2", "zero3"])
 def zero_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
-    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}")
+    # the tower frozen (the tiny spec trains it): ZeRO must leave frozen weights exactly as they were
+    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}",
+                        "train.train_vision_tower=false")  # fmt: skip
 
 
 def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_checkpoint, data):
@@ -267,7 +269,7 @@ def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint,
     ray = str(Path(sys.executable).parent / "ray")
     job_id = f"llava-finetune-{int(time.time())}"
     args = train_args("finetune", tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.epochs=1",
-                      "train.loggers=[tensorboard]")  # fmt: skip
+                      "train.loggers=[tensorboard]", "data.template=vicuna_v1")  # fmt: skip
     command = ["python", *args[1:]]  # the cluster's python, in the uploaded working dir
     for _ in range(3):  # a loaded head may not have its job agent up yet ("try again later"): as a user would
         submit = subprocess.run([ray, "job", "submit", "--address", ray_cluster.dashboard, "--submission-id", job_id,
@@ -281,6 +283,10 @@ def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint,
     assert "[train] step 6/6" in submit.stdout
     bundle = load_checkpoint(tmp_path / "out" / "final")
     assert answers(InferenceEngine(bundle), data, n=1)
+    # tuned on data.template (not the tiny preset's mistral_instruct): the model answers in that template
+    prompt = bundle.processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                                  add_generation_prompt=True)  # fmt: skip
+    assert bundle.template.name == "vicuna_v1" and prompt.endswith("USER: hi ASSISTANT:"), prompt
     # train.loggers: every logged step's metrics reach TensorBoard
     events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
     events.Reload()

@@ -73,3 +73,21 @@ def test_loss_falls_and_metrics_are_reported(tiny_bundle, count_samples):
     assert all(m.tokens_per_s > m.samples_per_s > 0 and 0 < m.mfu < 1 and m.grad_norm > 0 for m in history)
     assert len(lines) == 4 and lines[-1].startswith("step 32/32 loss ") and "tokens/s mfu " in lines[-1]
     assert not bundle.model.training
+
+
+def test_optimizer_betas_and_the_stable_then_decay_schedule(tiny_bundle):
+    from llava_platform.train.loop import build_optimizer
+
+    optimizer, scheduler = build_optimizer(tiny_bundle.model, spec(scheduler="warmup_stable_decay", warmup_ratio=0.1,
+                                                                   decay_ratio=0.2, adam_betas=[0.9, 0.95]), 100)  # fmt: skip
+    assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # 10 warmup steps, constant until step 80, then linear to 0 over the last 20
+    assert lrs[5] == pytest.approx(5e-4) and lrs[10] == lrs[79] == pytest.approx(1e-3)
+    assert lrs[90] == pytest.approx(5e-4) and lrs[99] == pytest.approx(5e-5)
+    with pytest.raises(ValueError, match="adam_betas"):
+        spec(adam_betas=[0.9, 1.0])

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -159,8 +159,9 @@ class DataSpec(StrictModel):
     preprocess_cpus: float = Field(1.0, gt=0, description="logical CPUs each of those tasks reserves")
     cache_encoded: bool = Field(
         False,
-        description="encode each record once and keep the samples in the training worker's memory for later epochs "
-        "(small datasets: a 64-px sample is ~50 KB, a 336-px one ~1.4 MB); false: stream, re-encoding every epoch",
+        description="keep what the data check encoded (Ray's object store) and replay it from the training worker's "
+        "memory every epoch (small datasets: a 64-px sample is ~50 KB, a 336-px one ~1.4 MB); false: stream, "
+        "re-encoding every epoch",
     )
 
 
@@ -193,8 +194,14 @@ class TrainSpec(StrictModel):
     projector_lr: float | None = Field(None, gt=0, description="projector learning rate; default: lr")
     vision_lr: float | None = Field(None, gt=0, description="vision tower learning rate; default: lr")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (never on biases and norms)")
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW (beta1, beta2); a from-scratch model learns faster with beta2 0.95"
+    )
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="fraction of steps with linear warmup")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    scheduler: Literal["cosine", "linear", "constant", "warmup_stable_decay"] = Field(
+        "cosine", description="decay after warmup; warmup_stable_decay: constant, then a linear decay over the last decay_ratio"
+    )
+    decay_ratio: float = Field(0.2, gt=0, le=1, description="warmup_stable_decay: fraction of steps in the final decay to 0")
     epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
     global_batch_size: int = Field(128, gt=0, description="samples per optimizer step across all workers")
     micro_batch_size: int = Field(16, gt=0, description="samples per forward pass per worker")

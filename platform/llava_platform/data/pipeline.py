@@ -1,9 +1,11 @@
 """Training input on Ray Data: records are checked and encoded by CPU tasks, in parallel, and
-streamed into the training workers (or, with data.cache_encoded, encoded once and replayed there).
+streamed into the training workers (or, with data.cache_encoded, encoded once by the check and
+replayed there).
 
     driver: read_records() -> Record / BadRecord (malformed entries are reported here)
     record rows  {index, id, roles, contents, images}                     plain Arrow columns
       -> CheckRecords   {index, kind, reason, length, truncated}          the dataset check, before the first step
+                        (+ the EncodeRecords columns with data.cache_encoded: kept in the object store)
       -> EncodeRecords  {id, input_ids, labels, pixel_values, image_sizes}  one dataset per worker, in plan order
 
 The stages are plain functions, testable without a cluster: `encode_records(rows, config)`.
@@ -29,7 +31,8 @@ from llava_platform.data.templates import Message, get_template
 from llava_platform.data.validate import MALFORMED, Problem, ValidationReport, check_record
 
 __all__ = [
-    "EncoderConfig", "check_records", "encode_records", "record_rows", "row_to_sample", "check_on_ray", "encoded_dataset",
+    "EncoderConfig", "CheckedData", "check_records", "encode_records", "record_rows", "row_to_sample", "check_on_ray",
+    "encoded_dataset",
 ]  # fmt: skip
 
 PREPROCESS_BATCH = 32  # records per task: small, so the first training batch is not kept waiting
@@ -94,10 +97,26 @@ def _records(batch: dict[str, Any]) -> list[Record]:
     ]
 
 
-def check_records(batch: dict[str, Any], config: EncoderConfig) -> dict[str, list]:
-    """Ray Data stage: each record's problem (kind, reason) or its token length; no pixels leave the task."""
+CHECK_COLUMNS = ("index", "kind", "reason", "length", "truncated")
+ENCODED_COLUMNS = ("id", "input_ids", "labels", "pixel_values", "image_sizes")
+
+
+def _append_encoded(out: dict[str, list], record_id: str, sample: EncodedSample | None) -> None:
+    """One EncodeRecords row; a bad record (no sample) or a text-only one gets empty arrays."""
+    out["id"].append(record_id)
+    out["input_ids"].append(np.asarray(sample.input_ids if sample else [], dtype=np.int32))
+    out["labels"].append(np.asarray(sample.labels if sample else [], dtype=np.int32))
+    pixels = sample.pixel_values if sample else None
+    out["pixel_values"].append(pixels.numpy() if pixels is not None else np.zeros((0,), np.float32))
+    sizes = sample.image_sizes if sample else None
+    out["image_sizes"].append(sizes.numpy() if sizes is not None else np.zeros((0, 2), np.int64))
+
+
+def check_records(batch: dict[str, Any], config: EncoderConfig, keep_encoded: bool = False) -> dict[str, list]:
+    """Ray Data stage: each record's problem (kind, reason) or its token length. The check encodes every
+    record anyway; with `keep_encoded` its rows also carry the encoded sample, else no pixels leave the task."""
     encoder = _encoder(config)
-    out: dict[str, list] = {k: [] for k in ("index", "kind", "reason", "length", "truncated")}
+    out: dict[str, list] = {k: [] for k in CHECK_COLUMNS + (ENCODED_COLUMNS if keep_encoded else ())}
     for index, record in zip(batch["index"], _records(batch)):
         problem, sample = check_record(encoder, record)
         out["index"].append(int(index))
@@ -105,22 +124,17 @@ def check_records(batch: dict[str, Any], config: EncoderConfig) -> dict[str, lis
         out["reason"].append(problem.reason if problem else "")
         out["length"].append(len(sample.input_ids) if sample else 0)
         out["truncated"].append(bool(sample and sample.truncated))
+        if keep_encoded:
+            _append_encoded(out, record.id, sample)
     return out
 
 
 def encode_records(batch: dict[str, Any], config: EncoderConfig) -> dict[str, list]:
     """Ray Data stage: records -> token ids, labels, pixel values (text-only rows get empty pixel arrays)."""
     encoder = _encoder(config)
-    out: dict[str, list] = {k: [] for k in ("id", "input_ids", "labels", "pixel_values", "image_sizes")}
+    out: dict[str, list] = {k: [] for k in ENCODED_COLUMNS}
     for record in _records(batch):
-        sample = encoder.encode(record)  # checked before training: a failure here is a changed file
-        out["id"].append(sample.id)
-        out["input_ids"].append(np.asarray(sample.input_ids, dtype=np.int32))
-        out["labels"].append(np.asarray(sample.labels, dtype=np.int32))
-        pixels = sample.pixel_values
-        out["pixel_values"].append(pixels.numpy() if pixels is not None else np.zeros((0,), np.float32))
-        sizes = sample.image_sizes
-        out["image_sizes"].append(sizes.numpy() if sizes is not None else np.zeros((0, 2), np.int64))
+        _append_encoded(out, record.id, encoder.encode(record))  # checked before training: a failure is a changed file
     return out
 
 
@@ -143,17 +157,41 @@ def _tasks(config: EncoderConfig, data: DataSpec) -> dict[str, Any]:
                 num_cpus=data.preprocess_cpus, batch_size=PREPROCESS_BATCH)  # fmt: skip
 
 
-def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: DataSpec) -> tuple[ValidationReport, list[Record]]:
+@dataclass
+class CheckedData:
+    """The dataset after the check: its report, the records without a problem, and (data.cache_encoded)
+    their encoded rows, materialized in Ray's object store."""
+
+    report: ValidationReport
+    good: list[Record]
+    indices: list[int]  # good[p]'s position in the file: the rows' "index"
+    encoded: Any = None  # ray.data.Dataset of CheckRecords rows with the encoded columns, or None
+
+    def encoded_rows(self, positions: list[int]):
+        """A Ray Dataset with the encoded row of good[p] for each distinct p in `positions`, in no particular
+        order (each row carries its "index"): a worker keeps them all and replays them in plan order."""
+        wanted = {self.indices[p] for p in positions}
+        rows = self.encoded.select_columns(["index", *ENCODED_COLUMNS])
+        return rows if len(wanted) == self.encoded.count() else rows.filter(lambda row: row["index"] in wanted)
+
+
+def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: DataSpec) -> CheckedData:
     """jobs.validate_data's checks over the whole dataset, run as Ray Data tasks: the report (in file
-    order) and the records without a problem."""
+    order), the records without a problem and, with data.cache_encoded, what their check encoded."""
     import ray.data
 
     records = [(i, item) for i, item in enumerate(items) if isinstance(item, Record)]
     checked: dict[int, dict[str, Any]] = {}
+    encoded = None
     if records:
         rows = ray.data.from_items(record_rows([r for _, r in records], [i for i, _ in records]))
-        checked = {row["index"]: row for row in rows.map_batches(check_records, **_tasks(config, data)).iter_rows()}
-    report, good = ValidationReport(data.path), []
+        tasks = _tasks(config, data)
+        tasks["fn_kwargs"] = tasks["fn_kwargs"] | {"keep_encoded": data.cache_encoded}
+        results = rows.map_batches(check_records, **tasks)
+        if data.cache_encoded:
+            encoded = results = results.materialize()
+        checked = {row["index"]: row for row in results.select_columns(list(CHECK_COLUMNS)).iter_rows()}
+    report, good, indices = ValidationReport(data.path), [], []
     for i, item in enumerate(items):
         if isinstance(item, BadRecord):
             report.add(Problem(item.id, MALFORMED, item.reason))
@@ -163,7 +201,8 @@ def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: D
         report.add(problem, int(row["length"]), bool(row["truncated"]))
         if problem is None:
             good.append(item)
-    return report, good
+            indices.append(i)
+    return CheckedData(report, good, indices, encoded)
 
 
 def encoded_dataset(records: list[Record], config: EncoderConfig, data: DataSpec):

@@ -46,18 +46,25 @@ PRESETS: dict[str, Preset] = {
     for p in [
         Preset(
             name="tiny",
-            template="vicuna_v1",
+            # No system prompt: a from-scratch LLM gains nothing from one, and it would be ~30% of each sample.
+            template="mistral_instruct",
             image_mode="pad",
             projector="mlp2x_gelu",
-            # 64 px, patch 8 -> 8x8 = 64 image tokens; ~0.5 M vision params
+            # 64 px, patch 16 -> 4x4 = 16 image tokens, each a quarter of a 2x2-grid cell; ~0.1 M vision params.
+            # Its last layer feeds the projector: a tower trained from scratch has no contrastive head to skip.
             vision_config=dict(
                 hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",
+                image_size=64, patch_size=16, projection_dim=64, hidden_act="quick_gelu",
             ),  # fmt: skip
-            # vocab_size is taken from the tiny tokenizer; ~1 M LLM params
+            vision_feature_layer=-1,
+            # vocab_size is taken from the tiny tokenizer; ~0.6 M LLM params. initializer_range 128**-0.5
+            # instead of Llama's 0.02 (a 4096-wide default): with 0.02 the attention logits start near 0,
+            # and the model spends most of a 6-minute budget on the answer priors before it learns to
+            # look answers up in the image (held-out accuracy after 34k stage-2 samples: 72% vs 95.5%).
             text_config=dict(
-                hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=8,
+                num_key_value_heads=8, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                initializer_range=128**-0.5,
             ),  # fmt: skip
             notes="CPU preset: random init, byte-level tokenizer built by code, learns the synthetic task",
         ),

@@ -85,18 +85,24 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
     encoder = EncoderConfig.for_data(spec.data, processor, template).shared()  # one copy in the object store
     if not Path(spec.data.path).is_file():
         raise FileNotFoundError(f"data.path: {spec.data.path} is not a file")
-    report, good = check_on_ray(list(read_records(spec.data.path)), encoder, spec.data)
+    checked = check_on_ray(list(read_records(spec.data.path)), encoder, spec.data)
+    report = checked.report
     print(f"[data] template {template}\n{report.format()}", flush=True)
     report.enforce(spec.data.on_bad_record, spec.data.max_untrainable_fraction)
     if report.problems:
         print(f"[data] skipping {len(report.problems)} bad records (data.on_bad_record: skip): {', '.join(report.bad_ids)}")
 
     workers = spec.scaling.num_workers
-    plan = DataPlan.for_spec(len(good), spec.train, workers)
+    plan = DataPlan.for_spec(len(checked.good), spec.train, workers)
     datasets, replays = {}, {}
     for rank in range(workers):
-        records, replays[rank] = plan.worker_records(rank, cache=spec.data.cache_encoded)
-        datasets[dataset_name(rank)] = encoded_dataset([good[i] for i in records], encoder, spec.data)
+        records = plan.worker_records(rank)  # positions in checked.good, in step order
+        if checked.encoded is not None:  # data.cache_encoded: the check's rows, replayed by the worker in this order
+            datasets[dataset_name(rank)] = checked.encoded_rows(records)
+            replays[rank] = [checked.indices[p] for p in records]
+        else:
+            datasets[dataset_name(rank)] = encoded_dataset([checked.good[p] for p in records], encoder, spec.data)
+            replays[rank] = None
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "plan": asdict(plan), "replays": replays},

@@ -57,10 +57,11 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec, total_steps: int):
     groups = param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check train.stage, train_llm, model.lora)")
-    optimizer = torch.optim.AdamW(groups, lr=spec.lr)
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.adam_betas)
     name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)  # fmt: skip
+    decay = {"num_decay_steps": int(spec.decay_ratio * total_steps), "decay_type": "linear"}
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps), num_training_steps=total_steps,
+                              scheduler_specific_kwargs=decay if spec.scheduler == "warmup_stable_decay" else None)  # fmt: skip
     return optimizer, scheduler
 
 

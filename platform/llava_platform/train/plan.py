@@ -73,33 +73,14 @@ class DataPlan:
         per = self.rows_per_worker_step
         return [s * self.global_batch + rank * per + i for s in range(self.total_steps) for i in range(per)]
 
-    def worker_records(self, rank: int, cache: bool) -> tuple[list[int], list[int] | None]:
-        """What this worker's Ray Dataset holds and how the worker replays it.
-
-        Streaming: the record of every position, in step order (re-encoded every epoch), and no replay.
-        Cached: each distinct record once, in order of first use, and for every position the index of
-        its record in that list (the worker keeps what it has received and replays it: see `replay`).
-        """
+    def worker_records(self, rank: int) -> list[int]:
+        """The sample of every position this worker trains, in step order."""
         order = self.order()
-        records = [order[p] for p in self.worker_positions(rank)]
-        if not cache:
-            return records, None
-        first_use = {record: i for i, record in enumerate(dict.fromkeys(records))}
-        return list(first_use), [first_use[record] for record in records]
+        return [order[p] for p in self.worker_positions(rank)]
 
     def window_steps(self, window_micro_batches: int) -> int:
         """Whole optimizer steps per grouping window of at least `window_micro_batches` micro-batches."""
         return max(1, math.ceil(window_micro_batches / self.accumulation))
-
-
-def replay(stream: Iterator[Row], sequence: list[int]) -> Iterator[Row]:
-    """Rows in `sequence` order, from a stream of distinct rows in order of first use (`worker_records`),
-    keeping every row received: each arrives exactly when first needed, so nothing is read ahead."""
-    received: list[Row] = []
-    for index in sequence:
-        while index >= len(received):
-            received.append(next(stream))
-        yield received[index]
 
 
 def grouped_micro_batches(rows: Iterator[Row], plan: DataPlan, *, length: Callable[[Row], int],

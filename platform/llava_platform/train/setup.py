@@ -42,8 +42,16 @@ def _load_weights_dtype(spec: TrainJobSpec) -> str:
     return "float32"
 
 
+def _answer_template(spec: TrainJobSpec) -> str | None:
+    """The template the trained model answers in: a finetune's data.template (its processor's chat template
+    and saved spec follow); otherwise the model's. Stage 1's `plain` is a captioning format, never kept."""
+    if spec.train.stage == "finetune" and spec.data.template is not None:
+        return spec.data.template
+    return spec.model.template
+
+
 def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, resume: Path | None = None) -> TrainingSetup:
-    model_spec = spec.model.model_copy(update={"lora": None, "dtype": _load_weights_dtype(spec)})
+    model_spec = spec.model.model_copy(update={"lora": None, "dtype": _load_weights_dtype(spec), "template": _answer_template(spec)})
     full_restore = resume is not None and spec.train.strategy == "ddp" and spec.model.lora is None
     if full_restore:  # the checkpoint's weights are the model (DeepSpeed restores its own module state below)
         model_spec = model_spec.model_copy(update={"checkpoint": str(resume / MODEL_DIR), "preset": None,

@@ -26,7 +26,7 @@ from llava_platform.config import TrainJobSpec
 from llava_platform.data.pipeline import row_to_sample
 from llava_platform.train.flops import peak_tflops_for
 from llava_platform.train.loop import run_steps
-from llava_platform.train.plan import DataPlan, grouped_micro_batches, replay
+from llava_platform.train.plan import DataPlan, grouped_micro_batches
 from llava_platform.train.setup import build_training
 from llava_platform.train.state import save_training_state
 
@@ -71,9 +71,12 @@ def train_worker(config: dict[str, Any]) -> None:
                  f"{plan.micro_batch} x {plan.accumulation} accumulation), strategy {spec.train.strategy}, "
                  f"trainable {setup.frozen_summary}, worker nodes {placement['node_ids']} pids {placement['pids']}")  # fmt: skip
 
-    rows = (row_to_sample(row) for row in ray.train.get_dataset_shard(dataset_name(rank)).iter_rows())
-    if config["replays"][rank] is not None:  # data.cache_encoded: each record was encoded once
-        rows = replay(rows, config["replays"][rank])
+    shard, sequence = ray.train.get_dataset_shard(dataset_name(rank)), config["replays"][rank]
+    if sequence is None:  # streamed in plan order, encoded as it comes
+        rows = (row_to_sample(row) for row in shard.iter_rows())
+    else:  # data.cache_encoded: every record this worker needs, encoded once by the data check, kept here
+        cache = {int(row["index"]): row_to_sample(row) for row in shard.iter_rows()}
+        rows = (cache[index] for index in sequence)
     batches = grouped_micro_batches(rows, plan, length=lambda s: len(s.input_ids), has_image=lambda s: s.pixel_values is not None,
                                     window_micro_batches=spec.train.length_grouping_window, start_step=setup.start_step)  # fmt: skip
     every = spec.train.checkpoint_every_steps
