@@ -111,3 +111,13 @@ def test_foreign_checkpoint_image_mode_is_read_off_its_processor(tmp_path):
 def test_random_init_refuses_quantization():
     with pytest.raises(ValueError, match="model.quantization '4bit' applies when loading weights"):
         build_model(ModelSpec(preset="tiny", quantization="4bit"))
+
+
+def test_a_template_given_at_load_replaces_the_saved_one_everywhere(tiny_checkpoint, tmp_path):
+    """model.template over a checkpoint (e.g. a finetune's data.template): the processor renders it, and a save keeps it."""
+    bundle = load_checkpoint(tiny_checkpoint, ModelSpec(checkpoint=str(tiny_checkpoint), template="vicuna_v1"))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert bundle.processor.apply_chat_template(messages, add_generation_prompt=True).endswith("USER: hi ASSISTANT:")
+    again = load_checkpoint(save_checkpoint(bundle, tmp_path / "resaved"))
+    assert again.template.name == "vicuna_v1"
+    assert again.processor.apply_chat_template(messages, add_generation_prompt=True).endswith("USER: hi ASSISTANT:")

@@ -28,4 +28,4 @@ def test_demo_trains_both_stages_and_answers_held_out_questions(tmp_path):
     results = json.loads((out / "demo_results.json").read_text())
     assert score and float(score[1]) == pytest.approx(100 * results["accuracy"], abs=0.05)
     assert results["train_seconds"] > 0 and set(results["stage_seconds"]) == {"pretrain", "finetune"}
-    assert load_checkpoint(results["final"]).spec.template == "vicuna_v1"
+    assert load_checkpoint(results["final"]).spec.template == "mistral_instruct"  # the tiny preset's

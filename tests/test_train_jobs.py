@@ -181,7 +181,7 @@ def test_checkpoints_hold_model_optimizer_and_position(ddp_run):
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == 12 and state["total_steps"] == 12 and state["workers"] == 2
     assert (last / "optimizer.pt").is_file() and (last / "job_spec.yaml").is_file()
-    assert load_checkpoint(last / "model").spec.template == "vicuna_v1"
+    assert load_checkpoint(last / "model").spec.template == "mistral_instruct"
 
 
 def test_ddp_final_answers_and_loss_falls(ddp_run, data):

@@ -124,6 +124,8 @@ def load_checkpoint(path: str | Path, spec: ModelSpec | None = None, device: str
     if local.is_dir():
         restore_projector_weights(model, local)
     processor = AutoProcessor.from_pretrained(str(path))
+    if spec.template is not None:  # chosen over the saved one: the processor's chat template follows (and so does a save)
+        processor.chat_template = get_template(template).chat_template()
     resolved = spec.model_copy(update=dict(
         template=template,
         image_mode=spec.image_mode or (saved.image_mode if saved else _image_mode_of(config, processor)),
