@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from llava_platform.data.synthetic import conversation
+
 SHAPES = ["circle", "square", "diamond", "cross"]
 COLORS = {"red": (200, 30, 30), "orange": (240, 140, 20), "purple": (130, 40, 170), "teal": (20, 150, 150), "black": (20, 20, 20)}
 ROWS, COLUMNS = ["top", "middle", "bottom"], ["left", "center", "right"]
@@ -72,13 +74,6 @@ def questions(scene: tuple[Obj, ...], rng: random.Random) -> list[tuple[str, str
         qa.append((f"Which row has the {color} {shape}?", row))
     rng.shuffle(qa)
     return qa
-
-
-def conversation(qa: list[tuple[str, str]]) -> list[dict[str, str]]:
-    turns = []
-    for i, (question, answer) in enumerate(qa):
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + question}, {"from": "gpt", "value": answer}]
-    return turns
 
 
 def generate(out: Path, num_train: int, num_test: int, seed: int, image_size: int = 96) -> None:

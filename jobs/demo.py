@@ -68,7 +68,7 @@ def main() -> None:
         print(f"{args.num_train} train scenes (captions + QA), {args.num_test} held-out questions in {data.root}")
     else:
         root = args.data.resolve()
-        data = SyntheticPaths(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json")
+        data = SyntheticPaths.in_folder(root)
         step(f"1. dataset {root}", started)
 
     step("2. stage 1: projector alignment on captions (jobs.pretrain, tiny_pretrain.yaml)", started)

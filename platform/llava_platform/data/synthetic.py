@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "COLORS", "CELLS", "SyntheticPaths", "generate", "caption", "questions"]
+__all__ = ["SHAPES", "COLORS", "CELLS", "SyntheticPaths", "generate", "caption", "questions", "conversation"]
 
 SHAPES = ["circle", "square", "triangle"]
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -37,6 +37,11 @@ class SyntheticPaths:
     pretrain: Path
     finetune: Path
     test: Path
+
+    @classmethod
+    def in_folder(cls, root: Path) -> SyntheticPaths:
+        """The layout `generate` writes (and `jobs.demo --data` reads): the three JSON files, image paths relative to root."""
+        return cls(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json")
 
 
 def _random_scene(rng: random.Random) -> tuple[Obj, ...]:
@@ -85,6 +90,14 @@ def questions(scene: tuple[Obj, ...], rng: random.Random) -> list[tuple[str, str
     return qa
 
 
+def conversation(qa: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Question/answer pairs as LLaVA JSON turns, the image placeholder before the first question."""
+    turns = []
+    for t, (question, answer) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
 def _scene_json(scene: tuple[Obj, ...]) -> list[dict[str, str]]:
     return [{"cell": cell, "color": color, "shape": shape} for cell, color, shape in scene]
 
@@ -119,18 +132,15 @@ def generate(out_dir: str | Path, num_train: int = 2000, num_test: int = 200, se
         meta = {"image": image, "scene": _scene_json(scene)}
         pretrain.append({"id": f"cap-{i:05d}", **meta, "conversations": [
             {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption(scene)}]})  # fmt: skip
-        turns = []
-        for t, (q, a) in enumerate(questions(scene, rng)[: rng.randint(2, 4)]):
-            turns += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + q}, {"from": "gpt", "value": a}]
-        finetune.append({"id": f"qa-{i:05d}", **meta, "conversations": turns})
+        finetune.append({"id": f"qa-{i:05d}", **meta, "conversations": conversation(questions(scene, rng)[: rng.randint(2, 4)])})
     for i, scene in enumerate(sorted(test_scenes)):
         image = f"images/test_{i:05d}.png"
         _draw(scene, image_size).save(root / image)
         q, a = questions(scene, rng)[0]
-        test.append({"id": f"test-{i:05d}", "image": image, "scene": _scene_json(scene), "answer": a, "conversations": [
-            {"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]})  # fmt: skip
+        test.append({"id": f"test-{i:05d}", "image": image, "scene": _scene_json(scene), "answer": a,
+                     "conversations": conversation([(q, a)])})  # fmt: skip
 
-    paths = SyntheticPaths(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json")
+    paths = SyntheticPaths.in_folder(root)
     for path, records in [(paths.pretrain, pretrain), (paths.finetune, finetune), (paths.test, test)]:
         path.write_text(json.dumps(records, indent=1))
     return paths
