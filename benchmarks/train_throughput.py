@@ -32,12 +32,12 @@ from llava_platform.data.records import read_records
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
 from llava_platform.data.templates import get_template
-from llava_platform.model.builder import build_model, build_processor_for, model_template
+from llava_platform.model.builder import build_model, build_processor_for
 from llava_platform.model.checkpoint import save_checkpoint
 from llava_platform.train.flops import peak_tflops_for
 from llava_platform.train.loop import run_steps, sample_batches
 from llava_platform.train.plan import DataPlan
-from llava_platform.train.setup import build_training
+from llava_platform.train.setup import build_training, training_template
 
 
 def matmul_tflops(size: int = 1024, repeats: int = 20) -> float:
@@ -107,7 +107,7 @@ def main() -> None:
     steps = args.steps + args.warmup
     with tempfile.TemporaryDirectory() as tmp:
         data = generate(tmp, num_train=min(6000, first.train.global_batch_size * steps), num_test=0, image_size=image_size)
-        encoder = SampleEncoder(processor, processor_template(first), data.image_folder, first.data.max_length)
+        encoder = SampleEncoder(processor, get_template(training_template(first)), data.image_folder, first.data.max_length)
         samples = [encoder.encode(r) for r in read_records(data.finetune)]
     peak = peak_tflops_for(device, first.train.peak_tflops) or (matmul_tflops() if device.type == "cpu" else None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
@@ -116,17 +116,12 @@ def main() -> None:
           f"MFU against {peak or 0:.3g} TFLOP/s", flush=True)  # fmt: skip
     results = []
     for label, spec in specs:
-        epochs = steps * spec.train.global_batch_size / len(samples)
-        result = measure(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": epochs})}), samples, device,
-                         args.warmup, peak)  # fmt: skip
+        budget = spec.train.model_copy(update={"max_steps": steps})
+        result = measure(spec.model_copy(update={"train": budget}), samples, device, args.warmup, peak)
         results.append(result)
         mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
         ratio = "" if not results[1:] else f" ({result['samples/s'] / results[0]['samples/s']:.2f}x the spec's samples/s)"
         print(f"  {label}: {result['samples/s']:.1f} samples/s, {result['tokens/s']:.0f} tokens/s{mfu}{ratio}", flush=True)
-
-
-def processor_template(spec: TrainJobSpec):
-    return get_template(spec.data.template or model_template(spec.model))
 
 
 def base_checkpoint(model: ModelSpec) -> str:

@@ -7,11 +7,12 @@ No cluster, no downloads: the two stages are the shipped specs jobs/configs/tiny
 tiny_finetune.yaml, run by the same code as `python -m jobs.pretrain` / `jobs.finetune`, with their
 paths pointed under --out. A fresh --out starts fresh runs (the demo clears its own Ray storage).
 
-    python -m jobs.demo --data my_scenes --out demo_mine train.epochs=...
+    python -m jobs.demo --data my_scenes --out demo_mine
 
 trains the same way on another dataset: a folder with pretrain.json (captions), finetune.json (QA)
 and test.json (one question per record; the gold answer is its "answer" field, else its reply), in
-LLaVA JSON with image paths relative to the folder.
+LLaVA JSON with image paths relative to the folder. The specs' length is a number of steps
+(train.max_steps), so a smaller set is repeated more often in the same time.
 """
 
 import argparse
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=200, help="held-out scenes, one question each")
     parser.add_argument("--data", type=Path, help="train and test on this dataset folder instead of generated scenes")
     parser.add_argument("--show", type=int, default=6, help="question/answer pairs to print")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.epochs=1")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.max_steps=100")
     args = parser.parse_args()
     quiet_transformers()
     started = time.perf_counter()

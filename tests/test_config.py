@@ -146,6 +146,17 @@ def test_shipped_tiny_specs_chain_stage_1_into_stage_2():
     assert pretrain.train.stage == "pretrain" and finetune.train.stage == "finetune"
     assert finetune.model.checkpoint == f"{pretrain.train.output_dir}/final"
     assert not pretrain.scaling.use_gpu and not finetune.scaling.use_gpu
+    # a fixed budget of steps, whatever the dataset's size (the 6-minute recipe on this machine)
+    assert (pretrain.train.max_steps, finetune.train.max_steps) == (425, 1009)
+
+
+def test_a_step_budget_and_epochs_are_not_both_given(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(TRAIN | {"train": {"stage": "finetune", "output_dir": "out", "max_steps": 40}}))
+    with pytest.raises(ConfigError, match=r"train: .*epochs=2.0 and max_steps=40 are both set; keep one \(train.max_steps=null"):
+        load(path, TrainJobSpec, ["train.epochs=2"])
+    by_epochs = load(path, TrainJobSpec, ["train.epochs=2", "train.max_steps=null"]).train
+    assert (by_epochs.epochs, by_epochs.max_steps) == (2.0, None)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import make_image
 from llava_platform.config import LoraSpec, ModelSpec
-from llava_platform.model import build_model, save_checkpoint
+from llava_platform.model import build_model, load_checkpoint, save_checkpoint
 from llava_platform.model.builder import ModelBundle
 from llava_platform.model.freeze import component_of
 from llava_platform.model.lora import apply_lora, llm_linear_names, merge_lora
@@ -77,3 +77,21 @@ def test_merged_model_equals_adapter_model(tiny_bundle, tmp_path):
     plain_inputs = AutoProcessor.from_pretrained(path)(text=["USER: <image>\nWhat? ASSISTANT: red"], images=[make_image(40, 64)], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(plain(**plain_inputs).logits, merged_logits, atol=1e-5)
+
+
+def test_adapter_checkpoint_loads_with_its_template_or_the_one_given(tiny_checkpoint, tmp_path):
+    """An adapter checkpoint (merge_lora: false) rebuilds its base; model.template at load replaces the saved one."""
+    base = load_checkpoint(tiny_checkpoint)  # adapters are trained over a saved stage-1 model
+    spec = base.spec.model_copy(update={"lora": LoraSpec(r=4, alpha=8, dropout=0.0)})
+    path = save_checkpoint(ModelBundle(lora_model(base), base.processor, base.template, spec), tmp_path / "adapters")
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    saved = load_checkpoint(path)
+    assert saved.template.name == saved.spec.template == "mistral_instruct"
+    given = load_checkpoint(path, ModelSpec(checkpoint=str(path), template="vicuna_v1"))
+    assert given.template.name == given.spec.template == "vicuna_v1"
+    assert given.processor.apply_chat_template(messages, add_generation_prompt=True).endswith("USER: hi ASSISTANT:")
+    inputs = base.processor(text=["[INST] <image>\nWhat? [/INST] red"], images=[make_image(40, 64)], return_tensors="pt")
+    with torch.no_grad():  # the same adapters under either template, and they change the base's answer
+        logits = saved.model(**inputs).logits
+        assert torch.allclose(logits, given.model(**inputs).logits, atol=1e-6)
+        assert not torch.allclose(logits, base.model(**inputs).logits, atol=1e-3)

@@ -44,6 +44,16 @@ def test_for_spec_follows_the_train_spec():
         DataPlan.for_spec(0, spec, workers=1)
 
 
+def test_max_steps_is_a_budget_whatever_the_dataset_size():
+    spec = TrainSpec(stage="finetune", output_dir="x", global_batch_size=16, micro_batch_size=8, max_steps=30)
+    for size in (40, 203, 5000):  # 12 epochs of the small set, a fraction of the large one
+        p = DataPlan.for_spec(size, spec, workers=2)
+        assert p.total_steps == 30 and len(p.order()) == 30 * 16 and p.passes == pytest.approx(30 * 16 / size)
+        assert len(p.worker_records(0)) == len(p.worker_records(1)) == 30 * 8
+    small = DataPlan.for_spec(40, spec, workers=2).order()
+    assert Counter(small) == {i: 12 for i in range(40)}  # every sample equally often: whole permutations
+
+
 def rows_for(p: DataPlan, rank: int, lengths: list[int], has_image: list[bool]):
     order = p.order()
     return [(order[pos], lengths[order[pos]], has_image[order[pos]]) for pos in p.worker_positions(rank)]

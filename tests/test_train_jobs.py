@@ -68,7 +68,7 @@ def train_args(stage: str, checkpoint: Path, data, root: Path, name: str, *overr
     return [sys.executable, "-m", f"jobs.{stage}", "--config", f"jobs/configs/tiny_{stage}.yaml",
             f"model.checkpoint={checkpoint}", f"data.path={data.finetune}", f"data.image_folder={data.image_folder}",
             f"train.output_dir={root / 'out'}", f"run.storage_path={root / 'ray'}", f"run.name={name}",
-            "train.epochs=2", "train.global_batch_size=16", "train.micro_batch_size=4", "train.log_every_steps=1",
+            "train.max_steps=12", "train.global_batch_size=16", "train.micro_batch_size=4", "train.log_every_steps=1",
             "train.checkpoint_every_steps=4", "train.lr=1e-3", "train.warmup_ratio=0", "scaling.num_workers=2",
             "scaling.torch_threads=1", *overrides]  # fmt: skip
 
@@ -268,7 +268,7 @@ def test_adapter_runs_save_adapters_and_a_merged_final(adapter_run, data):
 def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint, data, tmp_path):
     ray = str(Path(sys.executable).parent / "ray")
     job_id = f"llava-finetune-{int(time.time())}"
-    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.epochs=1",
+    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.max_steps=6",
                       "train.loggers=[tensorboard]", "data.template=vicuna_v1")  # fmt: skip
     command = ["python", *args[1:]]  # the cluster's python, in the uploaded working dir
     for _ in range(3):  # a loaded head may not have its job agent up yet ("try again later"): as a user would

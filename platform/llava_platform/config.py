@@ -203,6 +203,10 @@ class TrainSpec(StrictModel):
     )
     decay_ratio: float = Field(0.2, gt=0, le=1, description="warmup_stable_decay: fraction of steps in the final decay to 0")
     epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
+    max_steps: int | None = Field(
+        None, gt=0, description="optimizer steps to train, the data repeating as needed; replaces epochs, so the budget "
+        "does not depend on the dataset's size"
+    )
     global_batch_size: int = Field(128, gt=0, description="samples per optimizer step across all workers")
     micro_batch_size: int = Field(16, gt=0, description="samples per forward pass per worker")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
@@ -229,6 +233,15 @@ class TrainSpec(StrictModel):
         default_factory=list, description="also send the metrics to these trackers (written under the run's directory)"
     )
     seed: int = Field(0, description="data order and initialisation seed")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainSpec":
+        if self.max_steps is not None and "epochs" in self.model_fields_set:
+            raise ValueError(
+                f"epochs={self.epochs} and max_steps={self.max_steps} are both set; keep one (train.max_steps=null "
+                "trains by epochs)"
+            )
+        return self
 
     @property
     def trains_llm(self) -> bool:

@@ -141,8 +141,8 @@ def _load_adapter_checkpoint(path: Path, spec: ModelSpec, saved: ModelSpec | Non
 
     if saved is None or saved.lora is None:
         raise ValueError(f"{path}: an adapter checkpoint needs its {SPEC_FILE} (with model.lora) to rebuild the base model")
-    base_spec = saved.model_copy(update=dict(lora=None, dtype=spec.dtype, quantization=spec.quantization))
-    bundle = build_model(base_spec, device=device)
+    chosen = dict(dtype=spec.dtype, template=spec.template or saved.template)  # a template given at load wins, as for full checkpoints
+    bundle = build_model(saved.model_copy(update=dict(lora=None, quantization=spec.quantization, **chosen)), device=device)
     model = apply_lora(bundle.model, saved.lora)
     load_adapter_weights(model, path)
-    return ModelBundle(model.eval(), bundle.processor, bundle.template, saved.model_copy(update=dict(dtype=spec.dtype)))
+    return ModelBundle(model.eval(), bundle.processor, bundle.template, saved.model_copy(update=chosen))

@@ -26,10 +26,11 @@ from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.config import TrainJobSpec, load
 from llava_platform.data.pipeline import EncoderConfig, check_on_ray, encoded_dataset
 from llava_platform.data.records import read_records
-from llava_platform.model.builder import build_processor_for, model_template
+from llava_platform.model.builder import build_processor_for
 from llava_platform.train.final import export_final
 from llava_platform.train.loggers import metric_loggers
 from llava_platform.train.plan import DataPlan
+from llava_platform.train.setup import training_template
 from llava_platform.train.worker import dataset_name, train_worker
 
 __all__ = ["TrainingResult", "run_training", "main"]
@@ -81,7 +82,7 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
     quiet.print_on_execution_start = False
 
     processor = build_processor_for(spec.model)
-    template = spec.data.template or model_template(spec.model)
+    template = training_template(spec)
     encoder = EncoderConfig.for_data(spec.data, processor, template).shared()  # one copy in the object store
     if not Path(spec.data.path).is_file():
         raise FileNotFoundError(f"data.path: {spec.data.path} is not a file")

@@ -1,6 +1,6 @@
 """Which samples a run trains on, in which order, on which worker: fixed before the first step.
 
-The plan depends only on (dataset size, epochs, global batch, workers, micro-batch, seed):
+The plan depends only on (dataset size, epochs or max_steps, global batch, workers, micro-batch, seed):
 
     run position p          -> sample order[p]     (epochs concatenated, each a fresh permutation)
     optimizer step s        -> positions [s*G, (s+1)*G)                     G = global batch
@@ -35,12 +35,14 @@ class DataPlan:
     micro_batch: int
     workers: int
     seed: int
+    max_steps: int | None = None  # replaces epochs
 
     @classmethod
     def for_spec(cls, num_samples: int, train: TrainSpec, workers: int) -> DataPlan:
         if num_samples == 0:
             raise ValueError("the dataset has no trainable sample; check data.path and the validation report")
-        return cls(num_samples, train.epochs, train.global_batch_size, train.micro_batch_size, workers, train.seed)
+        return cls(num_samples, train.epochs, train.global_batch_size, train.micro_batch_size, workers, train.seed,
+                   train.max_steps)
 
     @property
     def accumulation(self) -> int:
@@ -48,8 +50,15 @@ class DataPlan:
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps for `epochs` passes at the global batch size (at least one)."""
+        """max_steps, else the optimizer steps for `epochs` passes at the global batch size (at least one)."""
+        if self.max_steps is not None:
+            return self.max_steps
         return max(1, math.floor(self.epochs * self.num_samples / self.global_batch))
+
+    @property
+    def passes(self) -> float:
+        """Passes over the data the run makes (epochs, or what max_steps comes to)."""
+        return self.total_steps * self.global_batch / self.num_samples
 
     @property
     def rows_per_worker_step(self) -> int:

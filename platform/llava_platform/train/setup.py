@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from llava_platform.config import TrainJobSpec
-from llava_platform.model.builder import DTYPES, ModelBundle, build_model
+from llava_platform.model.builder import DTYPES, ModelBundle, build_model, model_template
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import apply_lora, load_adapter_weights
 from llava_platform.train.loop import build_optimizer
@@ -23,7 +23,7 @@ from llava_platform.train.plan import DataPlan
 from llava_platform.train.state import MODEL_DIR, read_trainer_state
 from llava_platform.train.strategy import StepRunner, make_runner
 
-__all__ = ["TrainingSetup", "build_training"]
+__all__ = ["TrainingSetup", "build_training", "training_template"]
 
 RESOLVED_FIELDS = ("template", "image_mode", "image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy")
 
@@ -40,6 +40,11 @@ def _load_weights_dtype(spec: TrainJobSpec) -> str:
     if spec.train.strategy != "ddp" or spec.model.quantization != "none":
         return spec.model.dtype
     return "float32"
+
+
+def training_template(spec: TrainJobSpec) -> str:
+    """The template the job's records are encoded in: data.template, else the model's own."""
+    return spec.data.template or model_template(spec.model)
 
 
 def _answer_template(spec: TrainJobSpec) -> str | None:

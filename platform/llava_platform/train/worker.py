@@ -67,7 +67,8 @@ def train_worker(config: dict[str, Any]) -> None:
         setup = build_training(spec, plan, device, resume=Path(restored) if restored else None)
     if rank == 0:
         origin = f"resumed at step {setup.start_step}" if checkpoint else "starting"
-        log.info(f"[train] {origin}: {plan.total_steps} steps of {plan.global_batch} samples ({world} workers x "
+        log.info(f"[train] {origin}: {plan.total_steps} steps of {plan.global_batch} samples ({plan.passes:.2f} passes over "
+                 f"{plan.num_samples} records; {world} workers x "
                  f"{plan.micro_batch} x {plan.accumulation} accumulation), strategy {spec.train.strategy}, "
                  f"trainable {setup.frozen_summary}, worker nodes {placement['node_ids']} pids {placement['pids']}")  # fmt: skip
 
