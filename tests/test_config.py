@@ -11,6 +11,7 @@ from llava_platform.config import (
     ConfigError,
     ModelSpec,
     TrainJobSpec,
+    TrainSpec,
     load,
     parse_overrides,
 )
@@ -157,6 +158,8 @@ def test_a_step_budget_and_epochs_are_not_both_given(tmp_path):
         load(path, TrainJobSpec, ["train.epochs=2"])
     by_epochs = load(path, TrainJobSpec, ["train.epochs=2", "train.max_steps=null"]).train
     assert (by_epochs.epochs, by_epochs.max_steps) == (2.0, None)
+    by_steps = load(path, TrainJobSpec).train
+    assert TrainSpec.model_validate(by_steps.model_dump()) == by_steps  # workers get the spec as a dict
 
 
 @pytest.mark.parametrize(

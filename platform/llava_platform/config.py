@@ -202,7 +202,7 @@ class TrainSpec(StrictModel):
         "cosine", description="decay after warmup; warmup_stable_decay: constant, then a linear decay over the last decay_ratio"
     )
     decay_ratio: float = Field(0.2, gt=0, le=1, description="warmup_stable_decay: fraction of steps in the final decay to 0")
-    epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
+    epochs: float | None = Field(None, gt=0, description="passes over the data (fractions allowed); default 1 without max_steps")
     max_steps: int | None = Field(
         None, gt=0, description="optimizer steps to train, the data repeating as needed; replaces epochs, so the budget "
         "does not depend on the dataset's size"
@@ -236,7 +236,7 @@ class TrainSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainSpec":
-        if self.max_steps is not None and "epochs" in self.model_fields_set:
+        if self.max_steps is not None and self.epochs is not None:
             raise ValueError(
                 f"epochs={self.epochs} and max_steps={self.max_steps} are both set; keep one (train.max_steps=null "
                 "trains by epochs)"

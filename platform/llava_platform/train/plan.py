@@ -41,7 +41,7 @@ class DataPlan:
     def for_spec(cls, num_samples: int, train: TrainSpec, workers: int) -> DataPlan:
         if num_samples == 0:
             raise ValueError("the dataset has no trainable sample; check data.path and the validation report")
-        return cls(num_samples, train.epochs, train.global_batch_size, train.micro_batch_size, workers, train.seed,
+        return cls(num_samples, train.epochs or 1.0, train.global_batch_size, train.micro_batch_size, workers, train.seed,
                    train.max_steps)
 
     @property
