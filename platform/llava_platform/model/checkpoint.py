@@ -141,7 +141,8 @@ def _load_adapter_checkpoint(path: Path, spec: ModelSpec, saved: ModelSpec | Non
 
     if saved is None or saved.lora is None:
         raise ValueError(f"{path}: an adapter checkpoint needs its {SPEC_FILE} (with model.lora) to rebuild the base model")
-    chosen = dict(dtype=spec.dtype, template=spec.template or saved.template)  # a template given at load wins, as for full checkpoints
+    # a template given at load wins over the saved one, as for full checkpoints
+    chosen = dict(dtype=spec.dtype, template=spec.template or saved.template)
     bundle = build_model(saved.model_copy(update=dict(lora=None, quantization=spec.quantization, **chosen)), device=device)
     model = apply_lora(bundle.model, saved.lora)
     load_adapter_weights(model, path)
