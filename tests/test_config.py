@@ -105,7 +105,9 @@ SPEC_KINDS = {
 def test_every_shipped_spec_validates(path):
     keys = frozenset(yaml.safe_load(path.read_text()))
     assert keys in SPEC_KINDS, f"{path.name}: no spec class for sections {sorted(keys)}"
-    load(path, SPEC_KINDS[keys])
+    spec = load(path, SPEC_KINDS[keys])
+    # and survives the trip to Ray workers and into saved checkpoints (a JSON dict, validated again)
+    assert SPEC_KINDS[keys].model_validate(spec.model_dump(mode="json")) == spec
 
 
 def shipped(name: str) -> TrainJobSpec:
