@@ -75,6 +75,10 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
         raise ValueError(f"train.stage is {spec.train.stage!r} but this is jobs.{stage}: run jobs.{spec.train.stage}, "
                          f"or set train.stage: {stage}")  # fmt: skip
     spec = _absolute(spec)
+    # The workers rebuild the spec from this JSON: a spec that does not survive the trip fails here,
+    # once, rather than in every restarted worker group.
+    payload = spec.model_dump(mode="json")
+    TrainJobSpec.model_validate(payload)
     if not ray.is_initialized():
         ray.init()
     quiet = ray.data.DataContext.get_current()  # carried to the workers by Ray Train
@@ -106,7 +110,7 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
             replays[rank] = None
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "plan": asdict(plan), "replays": replays},
+        train_loop_config={"spec": payload, "plan": asdict(plan), "replays": replays},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=spec.scaling.use_gpu,
