@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from conftest import REPO, ray_env
 from llava_platform.data.synthetic import generate
 from llava_platform.eval.heldout import HeldOutAnswers, answer_held_out
-from llava_platform.model import load_checkpoint
 from llava_platform.model.checkpoint import load_checkpoint_spec
 
 SHIPPED = REPO / "jobs" / "assets" / "tiny-base"

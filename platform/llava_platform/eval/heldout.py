@@ -13,7 +13,7 @@ from pathlib import Path
 from llava_platform.config import SamplingSpec
 from llava_platform.data.images import load_image
 from llava_platform.data.records import read_records
-from llava_platform.eval.metrics import accuracy, exact_match
+from llava_platform.eval.metrics import accuracy
 from llava_platform.inference.engine import GenerationRequest, InferenceEngine
 from llava_platform.model import load_checkpoint
 
@@ -33,11 +33,12 @@ class HeldOutAnswers:
 
     def by_kind(self) -> dict[str, float]:
         """Exact match per question kind (empty when the records name no kinds)."""
-        hits: dict[str, list[bool]] = defaultdict(list)
+        groups: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
         for kind, prediction, gold in zip(self.kinds, self.predictions, self.golds):
             if kind is not None:
-                hits[kind].append(exact_match(prediction, gold))
-        return {kind: sum(h) / len(h) for kind, h in sorted(hits.items())}
+                groups[kind][0].append(prediction)
+                groups[kind][1].append(gold)
+        return {kind: accuracy(*groups[kind]) for kind in sorted(groups)}
 
 
 def answer_held_out(checkpoint: str | Path, test_path: str | Path, image_folder: str | Path, batch_size: int = 64) -> HeldOutAnswers:
