@@ -1,10 +1,17 @@
-"""FLOP accounting: 6N per token when everything trains, less when parts are frozen."""
+"""FLOP accounting: 6N per token when everything trains, less when parts are frozen; a ZeRO-3
+partition or a 4-bit packed weight counts as the weight it stands for."""
 
 import copy
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
+from llava_platform.config import LoraSpec, ModelSpec
+from llava_platform.model import load_checkpoint
 from llava_platform.model.freeze import apply_freeze
+from llava_platform.model.lora import apply_lora
 from llava_platform.train.flops import StepShape, mfu, training_flops
 
 SHAPE = StepShape(sequences=4, text_tokens=4 * 100, seq_len=100, images=4, patches_per_image=65)
@@ -48,6 +55,57 @@ def test_frozen_parts_cost_less(tiny_bundle):
     # stage 1: the frozen LLM still back-propagates activations to the projector (4N, not 6N)
     llm = n["llm"] * 400 + 2 * cfg.text_config.num_hidden_layers * cfg.text_config.hidden_size * 100 * 400
     assert stage2 - stage1 == pytest.approx(2 * llm)
+
+
+def test_lora_base_passes_gradients_at_4n(tiny_bundle):
+    stage2 = copy.deepcopy(tiny_bundle.model)
+    apply_freeze(stage2, "finetune")
+    lora = apply_lora(copy.deepcopy(tiny_bundle.model), LoraSpec(r=4, alpha=8))
+    apply_freeze(lora, "finetune", train_llm=False)
+    adapters = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
+    llm = counts(stage2)["llm"] * 400
+    # the frozen base weights lose their weight gradients (2N of 6N); the adapters add 6N of their own
+    assert training_flops(stage2, SHAPE) - training_flops(lora, SHAPE) == pytest.approx(2 * llm - 6 * adapters * 400)
+
+
+def test_4bit_weights_count_in_full(tiny_bundle, tiny_checkpoint):
+    pytest.importorskip("bitsandbytes")
+    quantized = load_checkpoint(tiny_checkpoint, ModelSpec(checkpoint=str(tiny_checkpoint), quantization="4bit")).model
+    reference = copy.deepcopy(tiny_bundle.model)
+    for model in (quantized, reference):
+        apply_freeze(model, "pretrain")
+    assert quantized.model.language_model.layers[0].mlp.up_proj.weight.numel() < reference.model.language_model.layers[0].mlp.up_proj.weight.numel()
+    assert training_flops(quantized, SHAPE) == pytest.approx(training_flops(reference, SHAPE))
+
+
+ZERO3_FLOPS = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist, deepspeed
+    from llava_platform.config import ModelSpec, TrainSpec
+    from llava_platform.model.builder import build_model
+    from llava_platform.train.flops import StepShape, training_flops
+    from llava_platform.train.strategy import deepspeed_config
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    model = build_model(ModelSpec(preset="tiny")).model
+    shape = StepShape(sequences=4, text_tokens=400, seq_len=100, images=4, patches_per_image=17)
+    before = training_flops(model, shape)
+    train = TrainSpec(stage="finetune", output_dir=".", strategy="zero3", micro_batch_size=4, global_batch_size=4, max_steps=1)
+    config = deepspeed_config(train, 1, torch.float32, model.config.text_config.hidden_size, workers=1)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config)
+    empty = sum(p.numel() == 0 for p in model.parameters())
+    print("partitioned", empty, "flops", before, training_flops(model, shape))
+""")
+
+
+def test_zero3_partitions_count_in_full():
+    pytest.importorskip("deepspeed")
+    from conftest import free_port
+
+    result = subprocess.run([sys.executable, "-c", ZERO3_FLOPS, str(free_port())], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, empty, _, before, after = result.stdout.split()[-5:]
+    assert int(empty) > 10  # the weights really were partitioned away
+    assert float(after) == pytest.approx(float(before))
 
 
 def test_mfu():

@@ -1,14 +1,16 @@
 """Model FLOPs of a LLaVA training step, for tokens/s -> MFU.
 
-Per token through a block of N weights: forward 2N; backward 4N when its weights train
-(activation + weight gradients), 2N when frozen but something before it trains (activation
-gradients only, e.g. the frozen LLM in stage 1 passes gradients down to the projector), 0 when
-nothing before it trains (a frozen vision tower). Causal attention adds 4 * layers * d * T per
+Per token through N weights: forward 2N; backward 4N when they train (activation + weight
+gradients), 2N when frozen but gradients pass through them (activation gradients only: stage 1's
+frozen LLM passing gradients down to the projector, a LoRA / QLoRA base under its adapters), 0 when
+nothing in or before their component trains (a frozen vision tower). N counts the weights a
+parameter stands for (a ZeRO-3 partition or a 4-bit packed weight counts in full). Causal attention adds 4 * layers * d * T per
 token forward (QK^T and AV, half of the T x T matrix).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,35 +33,49 @@ class StepShape:
     patches_per_image: int  # vision tokens per image (CLS included)
 
 
-def _params(model: nn.Module) -> dict[str, tuple[int, bool]]:
-    """component -> (parameter count, any of it trainable)."""
-    out: dict[str, list] = {}
+def _numel(p: nn.Parameter) -> int:
+    """Elements of the weight a parameter stands for. ZeRO-3 leaves an empty placeholder where a
+    partitioned weight was (ds_numel keeps its size); bitsandbytes packs 4-bit weights two to a byte
+    (quant_state keeps the shape)."""
+    if hasattr(p, "ds_numel"):
+        return p.ds_numel
+    quant_state = getattr(p, "quant_state", None)
+    return math.prod(quant_state.shape) if quant_state is not None else p.numel()
+
+
+def _params(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """component -> (trainable, frozen) weights that run. Left out: the input embedding (a lookup, not a
+    matmul) and peft's idle copy of a fully trained module (LoRA's projector: `original_module`)."""
+    embedding = model.get_input_embeddings().weight
+    out: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
-        entry = out.setdefault(component_of(name), [0, False])
-        entry[0] += p.numel()
-        entry[1] |= p.requires_grad
-    return {k: (n, t) for k, (n, t) in out.items()}
+        if p is embedding or ".original_module." in name:
+            continue
+        entry = out.setdefault(component_of(name), [0, 0])
+        entry[0 if p.requires_grad else 1] += _numel(p)
+    return {k: (t, f) for k, (t, f) in out.items()}
 
 
 def training_flops(model: nn.Module, shape: StepShape) -> float:
     """Forward + backward model FLOPs of one optimizer step's worth of samples."""
     params = _params(model)
     cfg = model.config
-    vision_n, vision_trains = params.get("vision_tower", (0, False))
-    proj_n, proj_trains = params.get("projector", (0, False))
-    llm_n, llm_trains = params.get("llm", (0, False))
-    llm_n -= cfg.text_config.vocab_size * cfg.text_config.hidden_size  # the input embedding is a lookup, not a matmul
 
-    def factor(trains: bool, upstream_trains: bool) -> int:
-        return 6 if trains else 4 if upstream_trains else 2
+    def cost(component: str, tokens: int, attention: float, upstream_trains: bool) -> tuple[float, bool]:
+        """(FLOPs, whether gradients flow out of it): trained weights 6N; frozen ones 4N where gradients pass
+        through them (something in or before the component trains: LoRA, stage 1's frozen LLM), else 2N."""
+        trainable, frozen = params.get(component, (0, 0))
+        grads_flow = upstream_trains or trainable > 0
+        frozen_factor = 4 if grads_flow else 2
+        attention_factor = 6 if trainable else frozen_factor
+        return (6 * trainable + frozen_factor * frozen) * tokens + attention_factor * attention * tokens, grads_flow
 
     vision_tokens = shape.images * shape.patches_per_image
     v_layers, v_dim = cfg.vision_config.num_hidden_layers, cfg.vision_config.hidden_size
     t_layers, t_dim = cfg.text_config.num_hidden_layers, cfg.text_config.hidden_size
-    vision = factor(vision_trains, False) * (vision_n * vision_tokens + 2 * v_layers * v_dim * shape.patches_per_image * vision_tokens)
-    projector = factor(proj_trains, vision_trains) * proj_n * vision_tokens
-    upstream = vision_trains or proj_trains
-    llm = factor(llm_trains, upstream) * (llm_n * shape.text_tokens + 2 * t_layers * t_dim * shape.seq_len * shape.text_tokens)
+    vision, upstream = cost("vision_tower", vision_tokens, 2 * v_layers * v_dim * shape.patches_per_image, False)
+    projector, upstream = cost("projector", vision_tokens, 0, upstream)
+    llm, _ = cost("llm", shape.text_tokens, 2 * t_layers * t_dim * shape.seq_len, upstream)
     return float(vision + projector + llm)
 
 

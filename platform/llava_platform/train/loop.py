@@ -57,7 +57,9 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec, total_steps: int):
     groups = param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check train.stage, train_llm, model.lora)")
-    optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.adam_betas)
+    # on a GPU, fused: one kernel over all tensors; else torch's default (ZeRO-Offload steps on the CPU)
+    on_gpu = next(model.parameters()).is_cuda and not spec.strategy.endswith("offload")
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.adam_betas, fused=True if on_gpu else None)
     name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
     decay = {"num_decay_steps": int(spec.decay_ratio * total_steps), "decay_type": "linear"}
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps), num_training_steps=total_steps,
