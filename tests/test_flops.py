@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from conftest import free_port
 from llava_platform.config import LoraSpec, ModelSpec
 from llava_platform.model import load_checkpoint
 from llava_platform.model.freeze import apply_freeze
@@ -99,8 +100,6 @@ ZERO3_FLOPS = textwrap.dedent("""
 
 def test_zero3_partitions_count_in_full():
     pytest.importorskip("deepspeed")
-    from conftest import free_port
-
     result = subprocess.run([sys.executable, "-c", ZERO3_FLOPS, str(free_port())], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _, empty, _, before, after = result.stdout.split()[-5:]

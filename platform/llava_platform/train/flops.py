@@ -4,8 +4,8 @@ Per token through N weights: forward 2N; backward 4N when they train (activation
 gradients), 2N when frozen but gradients pass through them (activation gradients only: stage 1's
 frozen LLM passing gradients down to the projector, a LoRA / QLoRA base under its adapters), 0 when
 nothing in or before their component trains (a frozen vision tower). N counts the weights a
-parameter stands for (a ZeRO-3 partition or a 4-bit packed weight counts in full). Causal attention adds 4 * layers * d * T per
-token forward (QK^T and AV, half of the T x T matrix).
+parameter stands for (a ZeRO-3 partition or a 4-bit packed weight counts in full). Causal
+attention adds 4 * layers * d * T per token forward (QK^T and AV, half of the T x T matrix).
 """
 
 from __future__ import annotations
