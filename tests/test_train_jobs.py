@@ -137,7 +137,8 @@ def assert_loss_falls(run: Run, by: float = 0.2) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_run(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
-    """2 workers, one per node (STRICT_SPREAD); rank 1 is SIGKILLed once step 5 is logged (a checkpoint exists at 4)."""
+    """2 workers, one per node (STRICT_SPREAD); rank 1 is SIGKILLed once step 6 is logged (a checkpoint exists at 4,
+    step 5 is reported already: the restarted group reports it again)."""
     killed: list[int] = []
 
     def kill_rank1(line: str, process) -> None:
@@ -145,12 +146,12 @@ def ddp_run(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
         if started and not killed:
             kill_rank1.pids = json.loads(started[4])
         step = STEP.search(line)
-        if step and int(step[1]) == 5 and not killed:
+        if step and int(step[1]) == 6 and not killed:
             os.kill(kill_rank1.pids[1], signal.SIGKILL)
             killed.append(kill_rank1.pids[1])
 
     run = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, "ddp", "scaling.placement_strategy=STRICT_SPREAD",
-                       on_line=kill_rank1)  # fmt: skip
+                       "train.loggers=[tensorboard]", on_line=kill_rank1)  # fmt: skip
     run.killed = killed
     return run
 
@@ -172,6 +173,12 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ddp_run):
     # after the restart: from the checkpoint's next step to the end, each step once
     assert steps[restart:] == list(range(resumed[0] + 1, 13)), steps
     assert ddp_run.final.is_dir()
+    # TensorBoard shows every step once; the steps trained twice carry the values of the run that went on
+    events = EventAccumulator(str(ddp_run.root / "out" / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+    assert [logged[s] for s, _ in ddp_run.steps[restart:]] == pytest.approx([loss for _, loss in ddp_run.steps[restart:]], abs=1e-3)
 
 
 def test_checkpoints_hold_model_optimizer_and_position(ddp_run):

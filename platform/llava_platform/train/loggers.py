@@ -7,6 +7,12 @@ named: `pip install tensorboard` / `mlflow` / `wandb`.
     tensorboard  event files in <output_dir>/tensorboard
     mlflow       the MLFLOW_TRACKING_URI server, else a file store in <output_dir>/mlruns
     wandb        project = run.name; WANDB_MODE=offline keeps it local
+
+Steps trained again after a restart (from the last checkpoint, after a lost worker or a rerun of
+a stopped job): TensorBoard shows each step once, with the values of the run that went on (a new
+writer with purge_step hides what earlier writers logged from that step on); MLflow keeps both
+values of such a step; W&B keeps the first within a job (it drops steps below its last), and a
+rerun starts a new W&B run.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ class MetricLogger(UserCallback):
     def __init__(self, kind: str, output_dir: str, run_name: str, params: dict[str, Any]):
         self.kind, self.output_dir, self.run_name, self.params = kind, Path(output_dir), run_name, params
         self._writer = None  # opened lazily, in the controller process
+        self._last_step = 0
 
-    def _open(self):
+    def _open(self, first_step: int):
         if self.kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            return SummaryWriter(str(self.output_dir / "tensorboard"))
+            return SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=first_step)
         if self.kind == "mlflow":
             import mlflow
 
@@ -53,7 +60,11 @@ class MetricLogger(UserCallback):
         if not values:
             return
         step = int(metrics[0]["step"])
-        self._writer = self._writer or self._open()
+        if self.kind == "tensorboard" and self._writer is not None and step <= self._last_step:
+            self._writer.close()  # the worker group restarted from a checkpoint: a new writer purges from here
+            self._writer = None
+        self._writer = self._writer or self._open(step)
+        self._last_step = step
         if self.kind == "tensorboard":
             for key, value in values.items():
                 self._writer.add_scalar(f"train/{key}", value, step)
