@@ -21,15 +21,18 @@ measured here first (so CPU MFU reads "fraction of what this CPU's GEMM reaches"
 """
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import os
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, TrainJobSpec, load
@@ -57,16 +60,28 @@ def matmul_tflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e12
 
 
-def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak_tflops: float | None) -> dict[str, float | None]:
-    """Median samples/s, tokens/s, MFU of the spec's steps after `warmup`."""
+def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak_tflops: float | None,
+            profile_steps: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Median samples/s, tokens/s, MFU of the spec's steps after `warmup`. With `profile_steps`, one more
+    step and then that many run under torch.profiler, uncounted; "profile" holds its top operators."""
     plan = DataPlan.for_spec(len(samples), spec.train, workers=1)
+    measured = plan.total_steps
+    if profile_steps:
+        plan = DataPlan.for_spec(len(samples), spec.train.model_copy(update={"max_steps": measured + 1 + profile_steps}), workers=1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup = build_training(spec, plan, device)
     batches = sample_batches(samples, plan, rank=0, window=spec.train.length_grouping_window)
-    history = list(run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id, start_step=0,
-                             total_steps=plan.total_steps, accumulation=plan.accumulation,
-                             peak_tflops=peak_tflops))[warmup:]  # fmt: skip
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    profiler = profile(activities=activities, schedule=schedule(wait=measured, warmup=1, active=profile_steps)) if profile_steps else None
+    history = []
+    with profiler or contextlib.nullcontext():
+        for metrics in run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id, start_step=0,
+                                 total_steps=plan.total_steps, accumulation=plan.accumulation, peak_tflops=peak_tflops):  # fmt: skip
+            history.append(metrics)
+            if profiler:
+                profiler.step()
+    history = history[warmup:measured]
     del setup
     gc.collect()
     if device.type == "cuda":
@@ -76,6 +91,8 @@ def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak
         "tokens/s": statistics.median(m.tokens_per_s for m in history),
         "mfu": statistics.median(m.mfu for m in history) if history[0].mfu is not None else None,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "profile": profiler.key_averages().table(sort_by=f"self_{'device' if device.type == 'cuda' else 'cpu'}_time_total",
+                                                 row_limit=30) if profiler else None,  # fmt: skip
     }
 
 
@@ -90,6 +107,8 @@ def main() -> None:
                         help="space-separated overrides of a second run (repeatable); default: 'train.stage=pretrain'")  # fmt: skip
     parser.add_argument("--no-compare", action="store_true", help="measure the spec alone")
     parser.add_argument("--llm-layers", type=int, help="the preset's shapes with this many LLM layers")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after the spec's measured steps, profile this many more (torch.profiler) and print the top operators")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to every run")
     args = parser.parse_intermixed_args()  # overrides may come before or after options
     quiet_transformers()
@@ -120,7 +139,8 @@ def main() -> None:
     image_size = processor.image_processor.crop_size["height"] if hasattr(processor.image_processor, "crop_size") else 336
     steps = args.steps + args.warmup
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate(tmp, num_train=min(6000, first.train.global_batch_size * steps), num_test=0, image_size=image_size)
+        data = generate(tmp, num_train=min(6000, first.train.global_batch_size * (steps + 1 + args.profile)), num_test=0,
+                        image_size=image_size)
         encoder = SampleEncoder(processor, get_template(training_template(first)), data.image_folder, first.data.max_length)
         samples = [encoder.encode(r) for r in read_records(data.finetune)]
     peak = peak_tflops_for(device, first.train.peak_tflops) or (matmul_tflops() if device.type == "cpu" else None)
@@ -129,14 +149,17 @@ def main() -> None:
           f"micro-batch {first.train.micro_batch_size}, median of {args.steps} steps, "
           f"MFU against {peak or 0:.3g} TFLOP/s", flush=True)  # fmt: skip
     results = []
-    for label, spec in specs:
+    for i, (label, spec) in enumerate(specs):
         budget = spec.train.model_copy(update={"max_steps": steps})
-        result = measure(spec.model_copy(update={"train": budget}), samples, device, args.warmup, peak)
+        result = measure(spec.model_copy(update={"train": budget}), samples, device, args.warmup, peak,
+                         profile_steps=args.profile if i == 0 else 0)  # fmt: skip
         results.append(result)
         mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
         memory = f", peak {result['peak_gib']:.1f} GiB allocated" if result["peak_gib"] is not None else ""
         ratio = "" if not results[1:] else f" ({result['samples/s'] / results[0]['samples/s']:.2f}x the spec's samples/s)"
         print(f"  {label}: {result['samples/s']:.1f} samples/s, {result['tokens/s']:.0f} tokens/s{mfu}{memory}{ratio}", flush=True)
+        if result["profile"]:
+            print(f"  {label}, {args.profile} more steps under torch.profiler, top operators by own time:\n{result['profile']}", flush=True)
 
 
 def base_checkpoint(model: ModelSpec, device: torch.device) -> str:

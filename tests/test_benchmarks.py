@@ -12,7 +12,7 @@ from conftest import REPO
 def test_train_throughput_runs_the_spec_and_a_comparison():
     result = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "--config", "jobs/configs/tiny_finetune.yaml", "--preset", "tiny",
-         "--steps", "2", "--warmup", "1", "train.micro_batch_size=4", "train.global_batch_size=8"],
+         "--steps", "2", "--warmup", "1", "--profile", "1", "train.micro_batch_size=4", "train.global_batch_size=8"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -22,6 +22,8 @@ def test_train_throughput_runs_the_spec_and_a_comparison():
     assert float(spec[1]) > 0 and float(stage1[2]) > 0
     assert 0 < float(spec[3]) < 100  # against this CPU's measured matmul rate
     assert "strategy ddp, micro-batch 4" in result.stdout
+    # --profile: one more step of the spec under torch.profiler, its operators ranked (the matmuls among them)
+    assert "spec, 1 more steps under torch.profiler" in result.stdout and "aten::mm" in result.stdout
 
 
 def test_train_throughput_runs_a_shipped_7b_spec_on_tiny_shapes():
