@@ -36,6 +36,8 @@ pytestmark = pytest.mark.slow
 
 STEP = re.compile(r"\[train\] step (\d+)/(\d+) loss ([\d.]+)")
 STARTED = re.compile(r"\[train\] (starting|resumed at step (\d+)): .* worker nodes (\[.*?\]) pids (\[.*?\])")
+FIRST_STEP_RATE = re.compile(r"\[train\] step 1/\d+ .* (\d+) tokens/s mfu ([\d.]+)%")
+PEAK_TFLOPS = 0.02  # train.peak_tflops of the DDP and ZeRO runs: MFU is logged on CPU too
 
 
 @dataclass
@@ -151,7 +153,7 @@ def ddp_run(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
             killed.append(kill_rank1.pids[1])
 
     run = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, "ddp", "scaling.placement_strategy=STRICT_SPREAD",
-                       "train.loggers=[tensorboard]", on_line=kill_rank1)  # fmt: skip
+                       "train.loggers=[tensorboard]", f"train.peak_tflops={PEAK_TFLOPS}", on_line=kill_rank1)  # fmt: skip
     run.killed = killed
     return run
 
@@ -222,7 +224,14 @@ def test_rerunning_a_failed_job_with_the_same_name_resumes_it(ray_cluster, tmp_p
 def zero_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
     # the tower frozen (the tiny spec trains it): ZeRO must leave frozen weights exactly as they were
     return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}",
-                        "train.train_vision_tower=false")  # fmt: skip
+                        "train.train_vision_tower=false", f"train.peak_tflops={PEAK_TFLOPS}")  # fmt: skip
+
+
+def flops_per_token(run: Run) -> float:
+    """The model FLOPs per token behind step 1's logged MFU (MFU x peak / tokens/s)."""
+    rate = FIRST_STEP_RATE.search(run.output)
+    assert rate, run.output[-3000:]
+    return float(rate[2]) / 100 * PEAK_TFLOPS * 1e12 / float(rate[1])
 
 
 def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_checkpoint, data):
@@ -230,6 +239,9 @@ def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_ch
     assert_loss_falls(zero_run)
     # the same init, data and first batch: ZeRO's step-1 loss is DDP's
     assert zero_run.steps[0][1] == pytest.approx(ddp_run.steps[0][1], rel=1e-4)
+    # its FLOPs too: MFU counts a ZeRO-3 partition as the weight it stands for, not as its empty placeholder
+    # (that would drop the LLM, ~90% of them); the tower, frozen here, saves only its backward (a few %)
+    assert flops_per_token(zero_run) == pytest.approx(flops_per_token(ddp_run), rel=0.15)
     assert (zero_run.checkpoints()[-1] / "deepspeed").is_dir()
     before, after = load_file(tiny_checkpoint / "model.safetensors"), load_file(zero_run.final / "model.safetensors")
     assert before.keys() == after.keys()
