@@ -64,10 +64,9 @@ def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak
             profile_steps: int = 0) -> dict[str, Any]:  # fmt: skip
     """Median samples/s, tokens/s, MFU of the spec's steps after `warmup`. With `profile_steps`, one more
     step and then that many run under torch.profiler, uncounted; "profile" holds its top operators."""
-    plan = DataPlan.for_spec(len(samples), spec.train, workers=1)
-    measured = plan.total_steps
-    if profile_steps:
-        plan = DataPlan.for_spec(len(samples), spec.train.model_copy(update={"max_steps": measured + 1 + profile_steps}), workers=1)
+    measured = spec.train.max_steps
+    steps = measured + 1 + profile_steps if profile_steps else measured
+    plan = DataPlan.for_spec(len(samples), spec.train.model_copy(update={"max_steps": steps}), workers=1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup = build_training(spec, plan, device)
