@@ -5,18 +5,26 @@
 #
 #   OUT=/tmp/gpu benchmarks/gpu_train.sh                 # logs in $OUT/<run>.log, the figures printed
 #   DEVICE=cpu PRESET=tiny STEPS=2 PYTHON=.venv/bin/python benchmarks/gpu_train.sh   # dry run of the sequence
-#   PROFILE=2 ...                                        # + 2 steps of the full fine-tune under torch.profiler
+#   PROFILE=1 ...                                        # + 1 step of the first run under torch.profiler
+#   RUNS="zero3 qlora" ...                               # some of the runs only
 #
-# 1. full fine-tune, ZeRO-3, bf16, gradient checkpointing, micro-batch 16 (the shipped spec's), then
-#    stage 1 of the same shapes in the same process; if all 32 layers do not fit one GPU's memory
-#    (ZeRO-3 on one GPU partitions nothing: ~16 bytes of weights + Adam state per parameter), the same
-#    widths with 16 LLM layers, whose per-layer shapes (hence MFU) are the full model's.
-# 2. QLoRA: 4-bit NF4 base, LoRA r 128 on every LLM linear, projector trained, micro-batch 8.
+# The full fine-tune runs the shipped spec's batch: micro-batch 16, global batch 128, reached on one GPU
+# by accumulating 8 micro-batches (the spec's 8 workers step once per micro-batch with the optimizer
+# state cut 8 ways: the same optimizer work per sample on each GPU). bf16, gradient checkpointing.
+#   ddp_compile  torch (float32 master weights, bf16 autocast), each layer torch.compile'd (train.compile)
+#   zero3        the shipped spec as it is: DeepSpeed ZeRO-3
+#   ddp          ddp_compile without the compile
+#   If all 32 layers do not fit (~16 bytes of weights, gradients and Adam state per parameter: 7B fits
+#   an H200, not an H100), the run is repeated with 16 LLM layers, whose per-layer shapes, hence MFU,
+#   are the full model's.
+#   qlora        4-bit NF4 base, LoRA r 128 on every LLM linear, projector trained, micro-batch 8.
 set -u
 OUT=${OUT:-/tmp/llava-platform-gpu}
 DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-llava-1.5-7b}
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-3}
+WARMUP=${WARMUP:-1}
+RUNS=${RUNS:-ddp_compile zero3 ddp qlora}
 PYTHON=${PYTHON:-python3}
 PROFILE=${PROFILE:-0}
 mkdir -p "$OUT"
@@ -26,7 +34,7 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark process, its log in $OUT/
     local name=$1 limit=$2
     shift 2
     echo "== $name: train_throughput.py $*"
-    timeout "$limit" "$PYTHON" benchmarks/train_throughput.py --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" "$@" \
+    timeout "$limit" "$PYTHON" benchmarks/train_throughput.py --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" --warmup "$WARMUP" "$@" \
         >"$OUT/$name.log" 2>&1
     local status=$?
     grep -E "^(  [a-z.=_ ]+: |$PRESET)" "$OUT/$name.log" || tail -n 4 "$OUT/$name.log"
@@ -37,8 +45,22 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark process, its log in $OUT/
 
 "$PYTHON" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__,
       'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-FULL=(--config jobs/configs/llava-1.5-7b_finetune.yaml train.micro_batch_size=16 train.global_batch_size=16)
-if ! bench full_zero3 240 --profile "$PROFILE" "${FULL[@]}" && grep -q "out of memory" "$OUT/full_zero3.log"; then
-    bench full_zero3_16layers 140 --llm-layers 16 --no-compare "${FULL[@]}"
-fi
-bench qlora 190 --config jobs/configs/llava-1.5-7b_qlora.yaml --no-compare train.micro_batch_size=8 train.global_batch_size=8
+full() {  # full NAME SECONDS OVERRIDES...: the 7B full fine-tune, with 16 LLM layers if 32 do not fit
+    local name=$1 limit=$2
+    shift 2
+    bench "$name" "$limit" --no-compare --config jobs/configs/llava-1.5-7b_finetune.yaml "$@" && return 0
+    grep -q "out of memory" "$OUT/$name.log" && bench "${name}_16layers" "$limit" --no-compare --llm-layers 16 \
+        --config jobs/configs/llava-1.5-7b_finetune.yaml "$@"
+}
+profile=(--profile "$PROFILE")
+for run in $RUNS; do
+    case $run in
+    ddp_compile) full ddp_compile 260 "${profile[@]}" train.strategy=ddp train.compile=true ;;
+    zero3) full zero3 200 "${profile[@]}" ;;
+    ddp) full ddp 170 "${profile[@]}" train.strategy=ddp ;;
+    qlora) bench qlora 190 "${profile[@]}" --config jobs/configs/llava-1.5-7b_qlora.yaml --no-compare \
+        train.micro_batch_size=8 train.global_batch_size=64 ;;
+    *) echo "unknown run $run (ddp_compile zero3 ddp qlora)" && exit 2 ;;
+    esac
+    profile=(--profile 0)  # the first run only
+done

@@ -177,3 +177,11 @@ def test_training_combinations_that_would_save_or_train_wrongly_are_refused(tmp_
     with pytest.raises(ConfigError, match=named):
         load(path, TrainJobSpec, overrides)
     load(path, TrainJobSpec, [o.replace("zero3", "zero2").replace("float16", "bfloat16") for o in overrides])  # the fix works
+
+
+def test_partial_checkpointing_needs_checkpointing(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(TRAIN | {"train": {"stage": "finetune", "output_dir": "out"}}))
+    with pytest.raises(ConfigError, match=r"checkpoint_every_n_layers=2 needs gradient_checkpointing=true"):
+        load(path, TrainJobSpec, ["train.checkpoint_every_n_layers=2"])
+    assert load(path, TrainJobSpec, ["train.checkpoint_every_n_layers=2", "train.gradient_checkpointing=true"]).train.checkpoint_every_n_layers == 2

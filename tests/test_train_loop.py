@@ -91,3 +91,32 @@ def test_optimizer_betas_and_the_stable_then_decay_schedule(tiny_bundle):
     assert lrs[90] == pytest.approx(5e-4) and lrs[99] == pytest.approx(5e-5)
     with pytest.raises(ValueError, match="adam_betas"):
         spec(adam_betas=[0.9, 1.0])
+
+
+def test_compiled_layers_and_partial_checkpointing_train_like_eager(tiny_bundle, count_samples):
+    """train.compile and train.checkpoint_every_n_layers change speed and memory, never the numbers; and
+    no training forward builds a KV cache (the LLM reads use_cache from its own config)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from llava_platform.config import TrainJobSpec, load
+    from llava_platform.train.loop import run_steps, sample_batches
+    from llava_platform.train.setup import build_training
+
+    def losses(*overrides):
+        spec = load("jobs/configs/tiny_finetune.yaml", TrainJobSpec, ["model.checkpoint=null", "model.preset=tiny", "model.init=random",
+                    "train.max_steps=2", "train.global_batch_size=8", "train.micro_batch_size=4", *overrides])  # fmt: skip
+        plan = DataPlan.for_spec(len(count_samples), spec.train, workers=1)
+        setup = build_training(spec, plan, torch.device("cpu"))
+        batches = sample_batches(count_samples, plan, rank=0, window=spec.train.length_grouping_window)
+        history = run_steps(setup.runner, batches, pad_token_id=tiny_bundle.tokenizer.pad_token_id, start_step=0,
+                            total_steps=plan.total_steps, accumulation=plan.accumulation)  # fmt: skip
+        return setup.bundle.model, [x for m in history for x in (m.loss, m.grad_norm)]
+
+    model, reference = losses()
+    assert model.config.get_text_config().use_cache is False
+    fast_model, fast = losses("train.compile=true", "train.gradient_checkpointing=true", "train.checkpoint_every_n_layers=2")
+    layers = [m for m in fast_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(layers) > 2 and all(layer._compiled_call_impl is not None for layer in layers)
+    assert [layer.gradient_checkpointing for layer in layers] == [i % 2 == 0 for i in range(len(layers))]
+    assert len(fast) == 4 and fast == pytest.approx(reference, rel=1e-4)  # loss, grad norm of steps 1 and 2
+    assert fast_model.state_dict().keys() == model.state_dict().keys()  # checkpoints keep their names

@@ -217,6 +217,14 @@ class TrainSpec(StrictModel):
         None, description="a DeepSpeed JSON to use instead of the shipped one for the strategy ('auto' values are filled in)"
     )
     gradient_checkpointing: bool = Field(False, description="recompute LLM activations in backward (less memory, ~30% more compute)")
+    checkpoint_every_n_layers: int = Field(
+        1, ge=1, description="with gradient_checkpointing, recompute only every n-th layer (1: all); the others keep their "
+        "activations, trading memory left unused back for speed"
+    )
+    compile: bool = Field(
+        False, description="torch.compile each transformer layer (LLM and vision tower): fused elementwise kernels; the first "
+        "steps compile (about a minute, longer for new sequence lengths)"
+    )
     length_grouping_window: int = Field(
         16, ge=1, description="micro-batches whose samples are sorted together by modality and length (1: no grouping)"
     )
@@ -240,6 +248,15 @@ class TrainSpec(StrictModel):
             raise ValueError(
                 f"epochs={self.epochs} and max_steps={self.max_steps} are both set; keep one (train.max_steps=null "
                 "trains by epochs)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _checkpointing(self) -> "TrainSpec":
+        if self.checkpoint_every_n_layers > 1 and not self.gradient_checkpointing:
+            raise ValueError(
+                f"checkpoint_every_n_layers={self.checkpoint_every_n_layers} needs gradient_checkpointing=true "
+                "(or leave it at 1)"
             )
         return self
 

@@ -68,6 +68,8 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec, total_steps: int):
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, pixel_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if device.type == "cuda":  # pinned: the copy runs asynchronously, behind the work already queued
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if "pixel_values" in out:
         out["pixel_values"] = out["pixel_values"].to(pixel_dtype)
@@ -97,19 +99,23 @@ def run_steps(runner: StepRunner, micro_batches: Iterator[list[EncodedSample]], 
     model.train()
     for step in range(start_step + 1, total_steps + 1):
         started = time.perf_counter()
-        # summed over micro-batches, then over workers: loss, micro-batches, samples, tokens, FLOPs
-        totals = torch.zeros(5, dtype=torch.float64)
+        # The host never waits for the device inside a step: the loss is summed where it is computed, and
+        # the counts come from the batch before it is copied, so the next micro-batch is collated and
+        # queued while the device still runs this one.
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        counts = torch.zeros(4, dtype=torch.float64)  # micro-batches, samples, tokens, FLOPs
         for i in range(accumulation):
             try:
                 samples = next(micro_batches)
             except StopIteration:
                 raise RuntimeError(f"data ran out at step {step} of {total_steps}: the plan and the data disagree") from None
-            batch = _to_device(collate(samples, pad_token_id), device, pixel_dtype)
-            loss = runner.forward_backward(batch, last=i == accumulation - 1)
+            batch = collate(samples, pad_token_id)
             shape = _shape(batch, patches_per_image)
-            totals += torch.tensor([float(loss), 1, shape.sequences, shape.text_tokens, training_flops(model, shape)],
-                                   dtype=torch.float64)  # fmt: skip
+            loss_sum += runner.forward_backward(_to_device(batch, device, pixel_dtype), last=i == accumulation - 1)
+            counts += torch.tensor([1, shape.sequences, shape.text_tokens, training_flops(model, shape)], dtype=torch.float64)
         grad_norm = runner.step()
+        # summed over micro-batches, then over workers: loss, micro-batches, samples, tokens, FLOPs
+        totals = torch.cat([loss_sum.to("cpu", torch.float64).reshape(1), counts])
         if world > 1:
             totals = totals.to(device)  # nccl reduces GPU tensors only
             dist.all_reduce(totals)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from llava_platform.config import TrainJobSpec
 from llava_platform.model.builder import DTYPES, ModelBundle, build_model, model_template
@@ -23,7 +24,7 @@ from llava_platform.train.plan import DataPlan
 from llava_platform.train.state import MODEL_DIR, read_trainer_state
 from llava_platform.train.strategy import StepRunner, make_runner
 
-__all__ = ["TrainingSetup", "build_training", "training_template"]
+__all__ = ["TrainingSetup", "build_training", "compile_layers", "training_template"]
 
 RESOLVED_FIELDS = ("template", "image_mode", "image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy")
 
@@ -55,6 +56,15 @@ def _answer_template(spec: TrainJobSpec) -> str | None:
     return spec.model.template
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile every transformer layer in place (LLM decoder and vision encoder layers: the modules
+    transformers checkpoints); the state dict keeps its keys. Returns how many were compiled."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, resume: Path | None = None) -> TrainingSetup:
     model_spec = spec.model.model_copy(update={"lora": None, "dtype": _load_weights_dtype(spec), "template": _answer_template(spec)})
     full_restore = resume is not None and spec.train.strategy == "ddp" and spec.model.lora is None
@@ -71,8 +81,12 @@ def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, res
     summary = apply_freeze(model, spec.train.stage, spec.train.train_vision_tower, spec.train.trains_llm)
     if spec.train.gradient_checkpointing:
         # non-reentrant: works with a frozen LLM below a trained projector, and with DDP
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              every_n_layers=spec.train.checkpoint_every_n_layers)  # fmt: skip
+    if spec.train.compile:
+        compile_layers(model)
+    # the LLM reads its own config: with use_cache left on there, every training forward builds a KV cache
+    model.config.use_cache = model.config.get_text_config().use_cache = False
     if spec.model.quantization == "none":
         model.to(device)
     optimizer, scheduler = build_optimizer(model, spec.train, plan.total_steps)
