@@ -108,12 +108,15 @@ def test_compiled_layers_and_partial_checkpointing_train_like_eager(tiny_bundle,
         plan = DataPlan.for_spec(len(count_samples), spec.train, workers=1)
         setup = build_training(spec, plan, torch.device("cpu"))
         batches = sample_batches(count_samples, plan, rank=0, window=spec.train.length_grouping_window)
+        llm = setup.bundle.model.model.language_model
+        llm.register_forward_hook(lambda module, args, output: caches.append(output.past_key_values))
         history = run_steps(setup.runner, batches, pad_token_id=tiny_bundle.tokenizer.pad_token_id, start_step=0,
                             total_steps=plan.total_steps, accumulation=plan.accumulation)  # fmt: skip
         return setup.bundle.model, [x for m in history for x in (m.loss, m.grad_norm)]
 
+    caches = []
     model, reference = losses()
-    assert model.config.get_text_config().use_cache is False
+    assert len(caches) == 4 and caches == [None] * 4  # 2 steps x 2 micro-batches, none kept a KV cache
     fast_model, fast = losses("train.compile=true", "train.gradient_checkpointing=true", "train.checkpoint_every_n_layers=2")
     layers = [m for m in fast_model.modules() if isinstance(m, GradientCheckpointingLayer)]
     assert len(layers) > 2 and all(layer._compiled_call_impl is not None for layer in layers)

@@ -85,8 +85,6 @@ def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, res
                                               every_n_layers=spec.train.checkpoint_every_n_layers)  # fmt: skip
     if spec.train.compile:
         compile_layers(model)
-    # the LLM reads its own config: with use_cache left on there, every training forward builds a KV cache
-    model.config.use_cache = model.config.get_text_config().use_cache = False
     if spec.model.quantization == "none":
         model.to(device)
     optimizer, scheduler = build_optimizer(model, spec.train, plan.total_steps)

@@ -5,6 +5,8 @@
         loss = runner.forward_backward(batch_i, last=i == accumulation - 1)
     grad_norm = runner.step()
 
+Training forwards pass use_cache=False: the LLM's config (saved with the model, for generation) says
+True, and a forward that keeps its keys and values in a KV cache copies them for nothing.
 Both scale the loss by 1/accumulation, clip to train.max_grad_norm and step the optimizer and the
 LR schedule once per optimizer step. Neither needs Ray: the process group is whatever
 torch.distributed was initialised with (Ray Train's TorchConfig, torchrun, or none).
@@ -63,7 +65,7 @@ class DDPRunner:
         sync = contextlib.nullcontext() if last or self.model is self.module else self.model.no_sync()
         with sync:
             with self.autocast:
-                loss = self.model(**batch).loss
+                loss = self.model(**batch, use_cache=False).loss
             (loss / self.accumulation).backward()
         return loss.detach()
 
@@ -102,7 +104,7 @@ class DeepSpeedRunner:
         self.zero_stage = config["zero_optimization"]["stage"]
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
-        loss = self.engine(**batch).loss
+        loss = self.engine(**batch, use_cache=False).loss
         self.engine.backward(loss)
         self.engine.step()  # a no-op for the optimizer until the accumulation boundary
         return loss.detach()
