@@ -92,9 +92,8 @@ def launch(args: list[str], cluster, on_line=None, timeout: int = 600) -> tuple[
     return process.wait(), "".join(lines)
 
 
-def run_training(cluster, tmp_path_factory, tiny_checkpoint, data, name: str, *overrides: str, on_line=None,
-                 root: Path | None = None) -> Run:  # fmt: skip
-    root = root or tmp_path_factory.mktemp(name)
+def run_training(cluster, tmp_path_factory, tiny_checkpoint, data, name: str, *overrides: str, on_line=None) -> Run:
+    root = tmp_path_factory.mktemp(name)
     code, output = launch(train_args("finetune", tiny_checkpoint, data, root, name, *overrides), cluster, on_line)
     (root / "job.log").write_text(output)  # for a failing test's post-mortem
     return Run(code, unique_lines(output), root, name)
@@ -198,25 +197,6 @@ def test_ddp_final_answers_and_loss_falls(ddp_run, data):
     assert_final_answers_like_plain_transformers(ddp_run, data)
 
 
-def test_rerunning_a_failed_job_with_the_same_name_resumes_it(ray_cluster, tmp_path_factory, tiny_checkpoint, data):
-    """run.max_failures=0: killing the worker at step 5 fails the job; the same command again resumes it."""
-    pids: list[int] = []
-
-    def kill_at_step_5(line: str, process) -> None:
-        if started := STARTED.search(line):
-            pids[:] = json.loads(started[4])
-        if (step := STEP.search(line)) and int(step[1]) == 5:
-            os.kill(pids[0], signal.SIGKILL)
-
-    args = ("rerun", "scaling.num_workers=1", "run.max_failures=0")
-    failed = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, *args, on_line=kill_at_step_5)
-    assert failed.returncode != 0 and not failed.final.exists(), failed.output[-3000:]
-    rerun = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, *args, root=failed.root)
-    assert rerun.returncode == 0, rerun.output[-3000:]
-    assert [m[1] for m in STARTED.finditer(rerun.output)] == ["resumed at step 4"]  # the step-4 checkpoint
-    assert [s for s, _ in rerun.steps] == list(range(5, 13)) and rerun.final.is_dir()
-
-
 # --------------------------------------------------------------------------- DeepSpeed ZeRO (gloo on CPU)
 
 
@@ -281,22 +261,33 @@ def test_adapter_runs_save_adapters_and_a_merged_final(adapter_run, data):
     assert_final_answers_like_plain_transformers(adapter_run, data)
 
 
-# --------------------------------------------------------------------------- ray job submit, bad data
+# --------------------------------------------------------------------------- ray job submit / stop, bad data
 
 
-def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint, data, tmp_path):
-    ray = str(Path(sys.executable).parent / "ray")
-    job_id = f"llava-finetune-{int(time.time())}"
-    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.max_steps=6",
-                      "train.loggers=[tensorboard]", "data.template=vicuna_v1")  # fmt: skip
-    command = ["python", *args[1:]]  # the cluster's python, in the uploaded working dir
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def submitted_command(checkpoint: Path, data, root: Path, name: str, *overrides: str) -> list[str]:
+    """The tiny finetune as `ray job submit` runs it: the cluster's python, in the uploaded working dir."""
+    return ["python", *train_args("finetune", checkpoint, data, root, name, *overrides)[1:]]
+
+
+def ray_job_submit(cluster, job_id: str, command: list[str], *flags: str) -> subprocess.CompletedProcess:
     for _ in range(3):  # a loaded head may not have its job agent up yet ("try again later"): as a user would
-        submit = subprocess.run([ray, "job", "submit", "--address", ray_cluster.dashboard, "--submission-id", job_id,
+        submit = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, *flags,
                                  "--working-dir", str(REPO), "--", *command],
                                 env=ray_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
         if "No available agent to submit job" not in submit.stderr:
             break
         time.sleep(20)
+    return submit
+
+
+def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint, data, tmp_path):
+    job_id = f"llava-finetune-{int(time.time())}"
+    command = submitted_command(tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.max_steps=6",
+                                "train.loggers=[tensorboard]", "data.template=vicuna_v1")  # fmt: skip
+    submit = ray_job_submit(ray_cluster, job_id, command)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
     assert JobSubmissionClient(ray_cluster.dashboard).get_job_status(job_id) == JobStatus.SUCCEEDED
     assert "[train] step 6/6" in submit.stdout
@@ -311,6 +302,40 @@ def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint,
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
     assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
+
+
+def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster, tiny_checkpoint, data, tmp_path):
+    """`ray job submit --no-wait`, `ray job logs --follow` until step 5, `ray job stop`; the same command
+    submitted again resumes from the last checkpoint (step 4, or 8 if the stop came late) and finishes."""
+    command = submitted_command(tiny_checkpoint, data, tmp_path, "rerun", "scaling.num_workers=1")
+    first, second = f"llava-rerun-1-{int(time.time())}", f"llava-rerun-2-{int(time.time())}"
+    submit = ray_job_submit(ray_cluster, first, command, "--no-wait")
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
+    follow = subprocess.Popen([RAY, "job", "logs", first, "--follow", "--address", ray_cluster.dashboard], env=ray_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    logged = []
+    for line in follow.stdout:
+        logged.append(line)
+        if (step := STEP.search(line)) and int(step[1]) >= 5:
+            stop = subprocess.run([RAY, "job", "stop", first, "--address", ray_cluster.dashboard], env=ray_env(),
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert stop.returncode == 0, stop.stdout + stop.stderr
+            break
+    follow.kill()
+    follow.wait()
+    client = JobSubmissionClient(ray_cluster.dashboard)
+    assert client.get_job_status(first) == JobStatus.STOPPED, "".join(logged)[-3000:]
+    stopped_at = max(int(m[1]) for m in STEP.finditer("".join(logged)))
+    assert stopped_at < 12 and not (tmp_path / "out" / "final").exists()
+
+    resubmit = ray_job_submit(ray_cluster, second, command)
+    assert resubmit.returncode == 0 and client.get_job_status(second) == JobStatus.SUCCEEDED, resubmit.stdout[-3000:]
+    output = unique_lines(resubmit.stdout)
+    [resumed] = [m[1] for m in STARTED.finditer(output)]
+    assert resumed in ("resumed at step 4", "resumed at step 8"), output[-3000:]
+    start = int(resumed.rsplit(" ", 1)[1])
+    assert start <= stopped_at and [int(m[1]) for m in STEP.finditer(output)] == list(range(start + 1, 13))
+    assert (tmp_path / "out" / "final").is_dir()
 
 
 def test_bad_records_stop_the_job_before_training(ray_cluster, tiny_checkpoint, data, tmp_path):
