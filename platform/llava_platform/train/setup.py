@@ -56,13 +56,13 @@ def _answer_template(spec: TrainJobSpec) -> str | None:
     return spec.model.template
 
 
-def compile_layers(model: torch.nn.Module) -> int:
+def compile_layers(model: torch.nn.Module) -> None:
     """torch.compile every transformer layer in place (LLM decoder and vision encoder layers: the modules
-    transformers checkpoints); the state dict keeps its keys. Returns how many were compiled."""
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    for layer in layers:
-        layer.compile()
-    return len(layers)
+    transformers checkpoints); the state dict keeps its keys. The layers of one model share their code,
+    so each kind compiles once per set of input shapes."""
+    for layer in model.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.compile()
 
 
 def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, resume: Path | None = None) -> TrainingSetup:
