@@ -14,9 +14,10 @@
 #   ddp_compile  torch (float32 master weights, bf16 autocast), each layer torch.compile'd (train.compile)
 #   zero3        the shipped spec as it is: DeepSpeed ZeRO-3
 #   ddp          ddp_compile without the compile
-#   If all 32 layers do not fit (~16 bytes of weights, gradients and Adam state per parameter: 7B fits
-#   an H200, not an H100), the run is repeated with 16 LLM layers, whose per-layer shapes, hence MFU,
-#   are the full model's.
+#   On a GPU of less than 130 GiB (~16 bytes of weights, gradients and Adam state per parameter: a 7B
+#   fits an H200, not an H100) they run 16 LLM layers, whose per-layer shapes, hence MFU, are the full
+#   model's; a run of all 32 that runs out of memory is repeated with 16.
+#   One device call of 560 s holds ddp_compile (with PROFILE=1) and zero3: RUNS="ddp_compile zero3".
 #   qlora        4-bit NF4 base, LoRA r 128 on every LLM linear, projector trained, micro-batch 8.
 set -u
 OUT=${OUT:-/tmp/llava-platform-gpu}
@@ -45,17 +46,25 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark process, its log in $OUT/
 
 "$PYTHON" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__,
       'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-full() {  # full NAME SECONDS OVERRIDES...: the 7B full fine-tune, with 16 LLM layers if 32 do not fit
+LAYERS=()  # all of the preset's LLM layers, unless the GPU cannot hold a 7B's training state
+if [ "$DEVICE" = cuda ]; then
+    gib=$("$PYTHON" -c "import torch; print(torch.cuda.mem_get_info()[1] >> 30)")
+    if [ "$gib" -lt 130 ]; then  # ~16 bytes per parameter + activations: ~115 GiB for 7B (an H200 has 139)
+        LAYERS=(--llm-layers 16)
+        echo "$gib GiB of GPU memory: the full fine-tunes run 16 LLM layers (the same per-layer shapes, hence MFU)"
+    fi
+fi
+full() {  # full NAME SECONDS OVERRIDES...: the 7B full fine-tune; 16 LLM layers if the 32 run out of memory
     local name=$1 limit=$2
     shift 2
-    bench "$name" "$limit" --no-compare --config jobs/configs/llava-1.5-7b_finetune.yaml "$@" && return 0
-    grep -q "out of memory" "$OUT/$name.log" && bench "${name}_16layers" "$limit" --no-compare --llm-layers 16 \
-        --config jobs/configs/llava-1.5-7b_finetune.yaml "$@"
+    bench "$name" "$limit" --no-compare "${LAYERS[@]}" --config jobs/configs/llava-1.5-7b_finetune.yaml "$@" && return 0
+    [ ${#LAYERS[@]} -eq 0 ] && grep -q "out of memory" "$OUT/$name.log" && bench "${name}_16layers" "$limit" --no-compare \
+        --llm-layers 16 --config jobs/configs/llava-1.5-7b_finetune.yaml "$@"
 }
 profile=(--profile "$PROFILE")
 for run in $RUNS; do
     case $run in
-    ddp_compile) full ddp_compile 260 "${profile[@]}" train.strategy=ddp train.compile=true ;;
+    ddp_compile) full ddp_compile 300 "${profile[@]}" train.strategy=ddp train.compile=true ;;
     zero3) full zero3 200 "${profile[@]}" ;;
     ddp) full ddp 170 "${profile[@]}" train.strategy=ddp ;;
     qlora) bench qlora 190 "${profile[@]}" --config jobs/configs/llava-1.5-7b_qlora.yaml --no-compare \
