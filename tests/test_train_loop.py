@@ -95,7 +95,7 @@ def test_optimizer_betas_and_the_stable_then_decay_schedule(tiny_bundle):
 
 def test_compiled_layers_and_partial_checkpointing_train_like_eager(tiny_bundle, count_samples):
     """train.compile and train.checkpoint_every_n_layers change speed and memory, never the numbers; and
-    no training forward builds a KV cache (the LLM reads use_cache from its own config)."""
+    no training forward builds a KV cache (the runners pass use_cache=False: the LLM's own config says True)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     from llava_platform.config import TrainJobSpec, load
