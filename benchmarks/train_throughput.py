@@ -60,12 +60,17 @@ def matmul_tflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e12
 
 
+def profiling_steps(profile_steps: int) -> int:
+    """Steps a run adds to its measured ones for --profile: one for the profiler's warm-up, then the profiled."""
+    return 1 + profile_steps if profile_steps else 0
+
+
 def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak_tflops: float | None,
             profile_steps: int = 0) -> dict[str, Any]:  # fmt: skip
     """Median samples/s, tokens/s, MFU of the spec's steps after `warmup`. With `profile_steps`, one more
     step and then that many run under torch.profiler, uncounted; "profile" holds its top operators."""
     measured = spec.train.max_steps
-    steps = measured + 1 + profile_steps if profile_steps else measured
+    steps = measured + profiling_steps(profile_steps)
     plan = DataPlan.for_spec(len(samples), spec.train.model_copy(update={"max_steps": steps}), workers=1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -81,6 +86,7 @@ def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak
             if profiler:
                 profiler.step()
     history = history[warmup:measured]
+    own_time = f"self_{'device' if device.type == 'cuda' else 'cpu'}_time_total"  # operators ranked by their own time
     del setup
     gc.collect()
     if device.type == "cuda":
@@ -90,8 +96,7 @@ def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak
         "tokens/s": statistics.median(m.tokens_per_s for m in history),
         "mfu": statistics.median(m.mfu for m in history) if history[0].mfu is not None else None,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "profile": profiler.key_averages().table(sort_by=f"self_{'device' if device.type == 'cuda' else 'cpu'}_time_total",
-                                                 row_limit=30) if profiler else None,  # fmt: skip
+        "profile": profiler.key_averages().table(sort_by=own_time, row_limit=30) if profiler else None,
     }
 
 
@@ -138,7 +143,7 @@ def main() -> None:
     image_size = processor.image_processor.crop_size["height"] if hasattr(processor.image_processor, "crop_size") else 336
     steps = args.steps + args.warmup
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate(tmp, num_train=min(6000, first.train.global_batch_size * (steps + 1 + args.profile)), num_test=0,
+        data = generate(tmp, num_train=min(6000, first.train.global_batch_size * (steps + profiling_steps(args.profile))), num_test=0,
                         image_size=image_size)
         encoder = SampleEncoder(processor, get_template(training_template(first)), data.image_folder, first.data.max_length)
         samples = [encoder.encode(r) for r in read_records(data.finetune)]
