@@ -1,5 +1,6 @@
-"""FLOP accounting: 6N per token when everything trains, less when parts are frozen; a 4-bit packed
-weight counts as the weight it stands for (a ZeRO-3 partition too: tests/test_train_jobs.py, zero_run)."""
+"""FLOP accounting: 6N per token when everything trains, less when parts are frozen, the LM head per
+predicted token only; a 4-bit packed weight counts as the weight it stands for (a ZeRO-3 partition
+too: tests/test_train_jobs.py, zero_run)."""
 
 import copy
 
@@ -11,12 +12,13 @@ from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import apply_lora
 from llava_platform.train.flops import StepShape, mfu, training_flops
 
-SHAPE = StepShape(sequences=4, text_tokens=4 * 100, seq_len=100, images=4, patches_per_image=65)
+SHAPE = StepShape(sequences=4, text_tokens=4 * 100, seq_len=100, images=4, patches_per_image=65, predicted_tokens=4 * 10)
 
 
 def counts(model):
+    """Weights per component; "llm" without its input embedding and LM head (untied in the tiny preset)."""
     vocab, hidden = model.config.text_config.vocab_size, model.config.text_config.hidden_size
-    by = {"vision": 0, "proj": 0, "llm": -vocab * hidden}
+    by = {"vision": 0, "proj": 0, "llm": -2 * vocab * hidden, "head": vocab * hidden}
     for name, p in model.named_parameters():
         key = "vision" if "vision_tower" in name else "proj" if "multi_modal_projector" in name else "llm"
         by[key] += p.numel()
@@ -32,6 +34,7 @@ def test_full_training_is_six_n_plus_attention(tiny_bundle):
     expected = 6 * (n["vision"] * vision_tokens + 2 * cfg.vision_config.num_hidden_layers * cfg.vision_config.hidden_size * 65 * vision_tokens)
     expected += 6 * n["proj"] * vision_tokens
     expected += 6 * (n["llm"] * 400 + 2 * cfg.text_config.num_hidden_layers * cfg.text_config.hidden_size * 100 * 400)
+    expected += 6 * n["head"] * 40  # only the 40 predicted positions go through the LM head
     assert training_flops(model, SHAPE) == pytest.approx(expected)
 
 
@@ -49,9 +52,9 @@ def test_frozen_parts_cost_less(tiny_bundle):
     cfg = model.config
     vision_fwd = n["vision"] * 260 + 2 * cfg.vision_config.num_hidden_layers * cfg.vision_config.hidden_size * 65 * 260
     assert everything - stage2 == pytest.approx(4 * vision_fwd)
-    # stage 1: the frozen LLM still back-propagates activations to the projector (4N, not 6N)
+    # stage 1: the frozen LLM and its head still back-propagate activations to the projector (4N, not 6N)
     llm = n["llm"] * 400 + 2 * cfg.text_config.num_hidden_layers * cfg.text_config.hidden_size * 100 * 400
-    assert stage2 - stage1 == pytest.approx(2 * llm)
+    assert stage2 - stage1 == pytest.approx(2 * llm + 2 * n["head"] * 40)
 
 
 def test_lora_base_passes_gradients_at_4n(tiny_bundle):
@@ -60,9 +63,10 @@ def test_lora_base_passes_gradients_at_4n(tiny_bundle):
     lora = apply_lora(copy.deepcopy(tiny_bundle.model), LoraSpec(r=4, alpha=8))
     apply_freeze(lora, "finetune", train_llm=False)
     adapters = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
-    llm = counts(stage2)["llm"] * 400
+    n = counts(stage2)
+    frozen = n["llm"] * 400 + n["head"] * 40
     # the frozen base weights lose their weight gradients (2N of 6N); the adapters add 6N of their own
-    assert training_flops(stage2, SHAPE) - training_flops(lora, SHAPE) == pytest.approx(2 * llm - 6 * adapters * 400)
+    assert training_flops(stage2, SHAPE) - training_flops(lora, SHAPE) == pytest.approx(2 * frozen - 6 * adapters * 400)
 
 
 def test_4bit_weights_count_in_full(tiny_bundle, tiny_checkpoint):

@@ -55,6 +55,37 @@ def test_accumulation_gives_the_same_update(tiny_bundle, count_samples):
                            tiny_bundle.model.model.multi_modal_projector.linear_1.weight)  # fmt: skip
 
 
+def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bundle, tmp_path):
+    """train.strategy.answer_loss gives transformers' causal-LM loss and gradients, running the LM head
+    on the positions whose next token is labelled: here multi-turn QA of different lengths, padded."""
+    from llava_platform.data.collate import collate
+    from llava_platform.train.strategy import answer_loss
+
+    paths = generate(tmp_path, num_train=6, num_test=0, seed=1)
+    encoder = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, paths.image_folder)
+    samples = [encoder.encode(parse_record(r)) for r in json.loads(paths.finetune.read_text())]
+    assert len({len(s.input_ids) for s in samples}) > 1  # padding inside the batch
+    batch = collate(samples, tiny_bundle.tokenizer.pad_token_id)
+    model = copy.deepcopy(tiny_bundle.model).train()
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    expected, expected_grads = loss_and_grads(lambda: model(**batch, use_cache=False).loss)
+    loss, grads = loss_and_grads(lambda: answer_loss(model, batch))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert len(grads) == len(expected_grads) > 20
+    assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, expected_grads))
+    answers = int((batch["labels"][:, 1:] != -100).sum())
+    assert head_rows == [batch["labels"].numel(), answers]  # all B x T positions, then only the answers'
+    assert answers < 0.3 * batch["labels"].numel()
+
+
 def test_global_batch_must_divide():
     assert spec(global_batch_size=32, micro_batch_size=4).accumulation_steps(workers=2) == 4
     with pytest.raises(ValueError, match=r"train.global_batch_size=12 is not a multiple of train.micro_batch_size=8 x 1 workers"):

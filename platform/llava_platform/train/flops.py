@@ -5,7 +5,8 @@ gradients), 2N when frozen but gradients pass through them (activation gradients
 frozen LLM passing gradients down to the projector, a LoRA / QLoRA base under its adapters), 0 when
 nothing in or before their component trains (a frozen vision tower). N counts the weights a
 parameter stands for (a ZeRO-3 partition or a 4-bit packed weight counts in full). Causal
-attention adds 4 * layers * d * T per token forward (QK^T and AV, half of the T x T matrix).
+attention adds 4 * layers * d * T per token forward (QK^T and AV, half of the T x T matrix). The LM
+head runs only where a label is (train.strategy.answer_loss): its weights count per predicted token.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StepShape:
     seq_len: int  # mean LLM sequence length (attention cost)
     images: int  # images (anyres: tiles) through the vision tower
     patches_per_image: int  # vision tokens per image (CLS included)
+    predicted_tokens: int  # positions through the LM head: those whose next token is labelled
 
 
 def _numel(p: nn.Parameter) -> int:
@@ -44,12 +46,13 @@ def _numel(p: nn.Parameter) -> int:
 
 
 def _params(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """component -> (trainable, frozen) weights that run. Left out: the input embedding (a lookup, not a
-    matmul) and peft's idle copy of a fully trained module (LoRA's projector: `original_module`)."""
-    embedding = model.get_input_embeddings().weight
+    """component -> (trainable, frozen) weights that run on every position. Left out: the input embedding
+    (a lookup, not a matmul), the LM head (counted per predicted token; the same tensor as the embedding
+    when they are tied) and peft's idle copy of a fully trained module (LoRA's projector: `original_module`)."""
+    skipped = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     out: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
-        if p is embedding or ".original_module." in name:
+        if id(p) in skipped or ".original_module." in name:
             continue
         entry = out.setdefault(component_of(name), [0, 0])
         entry[0 if p.requires_grad else 1] += _numel(p)
@@ -76,7 +79,9 @@ def training_flops(model: nn.Module, shape: StepShape) -> float:
     vision, upstream = cost("vision_tower", vision_tokens, 2 * v_layers * v_dim * shape.patches_per_image, False)
     projector, upstream = cost("projector", vision_tokens, 0, upstream)
     llm, _ = cost("llm", shape.text_tokens, 2 * t_layers * t_dim * shape.seq_len, upstream)
-    return float(vision + projector + llm)
+    head = model.get_output_embeddings().weight  # gradients always flow back through it: 6N or 4N
+    head_flops = (6 if head.requires_grad else 4) * _numel(head) * shape.predicted_tokens
+    return float(vision + projector + llm + head_flops)
 
 
 def mfu(flops: float, seconds: float, devices: int, peak_tflops: float) -> float:

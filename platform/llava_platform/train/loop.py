@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from llava_platform.config import TrainSpec
 from llava_platform.data.collate import collate
+from llava_platform.data.encode import IGNORE_INDEX
 from llava_platform.data.samples import EncodedSample
 from llava_platform.model.builder import ModelBundle, has_cls_token
 from llava_platform.model.freeze import apply_freeze, param_groups
@@ -83,7 +84,8 @@ def _shape(batch: dict[str, torch.Tensor], patches_per_image: int) -> StepShape:
         pv = batch["pixel_values"]
         images = pv.shape[0] * (pv.shape[1] if pv.ndim == 5 else 1)  # anyres: every tile goes through the tower
     sequences = batch["input_ids"].shape[0]
-    return StepShape(sequences, tokens, tokens // sequences, images, patches_per_image)
+    predicted = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the LM head's positions (answer_loss)
+    return StepShape(sequences, tokens, tokens // sequences, images, patches_per_image, predicted)
 
 
 def run_steps(runner: StepRunner, micro_batches: Iterator[list[EncodedSample]], *, pad_token_id: int,
