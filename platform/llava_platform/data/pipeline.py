@@ -159,20 +159,17 @@ def _tasks(config: EncoderConfig, data: DataSpec) -> dict[str, Any]:
 
 @dataclass
 class CheckedData:
-    """The dataset after the check: its report, the records without a problem, and (data.cache_encoded)
-    their encoded rows, materialized in Ray's object store."""
+    """The dataset after the check: its report, the records without a problem and (data.cache_encoded)
+    what the check encoded, materialized in Ray's object store."""
 
     report: ValidationReport
     good: list[Record]
     indices: list[int]  # good[p]'s position in the file: the rows' "index"
-    encoded: Any = None  # ray.data.Dataset of CheckRecords rows with the encoded columns, or None
-
-    def encoded_rows(self, positions: list[int]):
-        """A Ray Dataset with the encoded row of good[p] for each distinct p in `positions`, in no particular
-        order (each row carries its "index"): a worker keeps them all and replays them in plan order."""
-        wanted = {self.indices[p] for p in positions}
-        rows = self.encoded.select_columns(["index", *ENCODED_COLUMNS])
-        return rows if len(wanted) == self.encoded.count() else rows.filter(lambda row: row["index"] in wanted)
+    # ray.data.Dataset of CheckRecords rows with the encoded columns (bad records' too), in no particular
+    # order, or None. A worker reads it whole and keeps the rows it replays: reading a materialized
+    # dataset as it is costs no task, and a select or filter of its ~330 MB (6800 64-px samples) would
+    # cost ~6 s of tasks in every worker.
+    encoded: Any = None
 
 
 def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: DataSpec) -> CheckedData:
@@ -190,7 +187,8 @@ def check_on_ray(items: list[Record | BadRecord], config: EncoderConfig, data: D
         results = rows.map_batches(check_records, **tasks)
         if data.cache_encoded:
             encoded = results = results.materialize()
-        checked = {row["index"]: row for row in results.select_columns(list(CHECK_COLUMNS)).iter_rows()}
+        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):  # the blocks as they are: no task
+            checked |= {row["index"]: row for row in batch.select(list(CHECK_COLUMNS)).to_pylist()}
     report, good, indices = ValidationReport(data.path), [], []
     for i, item in enumerate(items):
         if isinstance(item, BadRecord):

@@ -103,7 +103,7 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
     for rank in range(workers):
         records = plan.worker_records(rank)  # positions in checked.good, in step order
         if checked.encoded is not None:  # data.cache_encoded: the check's rows, replayed by the worker in this order
-            datasets[dataset_name(rank)] = checked.encoded_rows(records)
+            datasets[dataset_name(rank)] = checked.encoded
             replays[rank] = [checked.indices[p] for p in records]
         else:
             datasets[dataset_name(rank)] = encoded_dataset([checked.good[p] for p in records], encoder, spec.data)

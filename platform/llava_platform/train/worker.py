@@ -75,8 +75,9 @@ def train_worker(config: dict[str, Any]) -> None:
     shard, sequence = ray.train.get_dataset_shard(dataset_name(rank)), config["replays"][rank]
     if sequence is None:  # streamed in plan order, encoded as it comes
         rows = (row_to_sample(row) for row in shard.iter_rows())
-    else:  # data.cache_encoded: every record this worker needs, encoded once by the data check, kept here
-        cache = {int(row["index"]): row_to_sample(row) for row in shard.iter_rows()}
+    else:  # data.cache_encoded: the records this worker replays, encoded once by the data check, kept here
+        wanted = set(sequence)
+        cache = {int(row["index"]): row_to_sample(row) for row in shard.iter_rows() if int(row["index"]) in wanted}
         rows = (cache[index] for index in sequence)
     batches = grouped_micro_batches(rows, plan, length=lambda s: len(s.input_ids), has_image=lambda s: s.pixel_values is not None,
                                     window_micro_batches=spec.train.length_grouping_window, start_step=setup.start_step)  # fmt: skip
