@@ -7,8 +7,8 @@
 
 Both compute the loss with `answer_loss` (the LM head only where a label is), scale it by
 1/accumulation, clip to train.max_grad_norm and step the optimizer and the LR schedule once per
-optimizer step. Neither needs Ray: the process group is whatever
-torch.distributed was initialised with (Ray Train's TorchConfig, torchrun, or none).
+optimizer step. Neither needs Ray: the process group is whatever torch.distributed was initialised
+with (Ray Train's TorchConfig, torchrun, or none).
 """
 
 from __future__ import annotations
