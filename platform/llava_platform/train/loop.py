@@ -28,7 +28,7 @@ from llava_platform.model.builder import ModelBundle, has_cls_token
 from llava_platform.model.freeze import apply_freeze, param_groups
 from llava_platform.train.flops import StepShape, mfu, training_flops
 from llava_platform.train.plan import DataPlan, grouped_micro_batches
-from llava_platform.train.strategy import DDPRunner, StepRunner, distributed_world
+from llava_platform.train.strategy import DDPRunner, StepRunner, distributed_world, next_token_targets
 
 __all__ = ["StepMetrics", "build_optimizer", "run_steps", "sample_batches", "train"]
 
@@ -84,7 +84,7 @@ def _shape(batch: dict[str, torch.Tensor], patches_per_image: int) -> StepShape:
         pv = batch["pixel_values"]
         images = pv.shape[0] * (pv.shape[1] if pv.ndim == 5 else 1)  # anyres: every tile goes through the tower
     sequences = batch["input_ids"].shape[0]
-    predicted = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the LM head's positions (answer_loss)
+    predicted = int((next_token_targets(batch["labels"]) != IGNORE_INDEX).sum())  # the LM head's positions
     return StepShape(sequences, tokens, tokens // sequences, images, patches_per_image, predicted)
 
 

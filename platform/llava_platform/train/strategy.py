@@ -29,27 +29,35 @@ from torch.nn.parallel import DistributedDataParallel
 from llava_platform.config import TrainSpec
 from llava_platform.data.encode import IGNORE_INDEX
 
-__all__ = ["StepRunner", "DDPRunner", "DeepSpeedRunner", "make_runner", "deepspeed_config", "distributed_world", "answer_loss"]
+__all__ = [
+    "StepRunner", "DDPRunner", "DeepSpeedRunner", "make_runner", "deepspeed_config", "distributed_world", "answer_loss",
+    "next_token_targets",
+]  # fmt: skip
 
 
 def distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """labels (B, T) -> the label each position predicts (B, T): labels[b, t + 1], IGNORE_INDEX where none is.
+    The positions that carry one are those the LM head runs on (answer_loss) and is counted for (MFU)."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions: transformers' causal-LM loss, with the LM
     head run on those positions only.
 
-    labels (B, T) -> targets[b, t] = labels[b, t + 1]; the (B, T) mask of targets that carry a label is
-    passed as `logits_to_keep`, so the model returns logits (N, V) for those N positions instead of
-    (B, T, V). Image tokens and prompts carry no label: ~85% of the positions of the tiny preset's QA,
-    ~90% of LLaVA-1.5's (576 image tokens of ~650), whose float32 logits would be 1.3 GB per micro-batch
-    of 16 at a 32 000-word vocabulary. `model` is whatever wraps the LLaVA model (DDP, a DeepSpeed
-    engine, peft): each passes the keyword arguments through. use_cache=False: the LLM's config (saved
-    with the model, for generation) says True, and a training forward has no use for a KV cache.
+    The (B, T) mask of next-token targets that carry a label is passed as `logits_to_keep`, so the
+    model returns logits (N, V) for those N positions instead of (B, T, V). Image tokens and prompts
+    carry no label: ~85% of the positions of the tiny preset's QA, ~90% of LLaVA-1.5's (576 image
+    tokens of ~650), whose float32 logits would be 1.3 GB per micro-batch of 16 at a 32 000-word
+    vocabulary. `model` is whatever wraps the LLaVA model (DDP, a DeepSpeed engine, peft): each passes
+    the keyword arguments through. use_cache=False: the LLM's config (saved with the model, for
+    generation) says True, and a training forward has no use for a KV cache.
     """
-    labels = batch["labels"]
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
