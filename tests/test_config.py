@@ -150,7 +150,8 @@ def test_shipped_tiny_specs_chain_stage_1_into_stage_2():
     assert finetune.model.checkpoint == f"{pretrain.train.output_dir}/final"
     assert not pretrain.scaling.use_gpu and not finetune.scaling.use_gpu
     # a fixed budget of steps, whatever the dataset's size (the 6-minute recipe on this machine)
-    assert (pretrain.train.max_steps, finetune.train.max_steps) == (425, 1009)
+    assert (pretrain.train.max_steps, finetune.train.max_steps) == (300, 750)
+    assert pretrain.train.optimizer == finetune.train.optimizer == "muon" and finetune.train.strategy == "ddp"
 
 
 def test_a_step_budget_and_epochs_are_not_both_given(tmp_path):

@@ -57,16 +57,27 @@ def apply_freeze(model: nn.Module, stage: Literal["pretrain", "finetune"], train
 
 
 def param_groups(model: nn.Module, lr: float, projector_lr: float | None = None, vision_lr: float | None = None,
-                 weight_decay: float = 0.0) -> list[dict]:  # fmt: skip
-    """torch.optim groups: one per (component, decay) with that component's lr; biases and norms get no decay."""
+                 weight_decay: float = 0.0, muon: bool = False) -> list[dict]:  # fmt: skip
+    """torch.optim groups: one per (component, kind) with that component's lr; biases and norms get no decay.
+
+    muon=True puts the linear layers' weights (attention, MLP, projector; not the LM head) in groups of
+    their own marked "muon": True, for train.muon.MuonWithAdamW; embeddings, head, norms and biases stay AdamW's.
+    """
     lrs = {"llm": lr, "projector": projector_lr or lr, "vision_tower": vision_lr or lr}
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    head = model.get_output_embeddings()
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m is not head}
+    groups: dict[tuple[str, str], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = param.ndim >= 2 and "norm" not in name  # matrices decay; biases, norm scales, image_newline do not
-        groups.setdefault((component_of(name), decay), []).append(param)
-    return [
-        {"params": params, "lr": lrs[component], "weight_decay": weight_decay if decay else 0.0, "name": f"{component}{'' if decay else '_no_decay'}"}
-        for (component, decay), params in sorted(groups.items())
-    ]
+        if muon and id(param) in linear:
+            kind = "muon"
+        else:  # matrices decay; biases, norm scales, image_newline do not
+            kind = "decay" if param.ndim >= 2 and "norm" not in name else "no_decay"
+        groups.setdefault((component_of(name), kind), []).append(param)
+    out = []
+    for (component, kind), params in sorted(groups.items()):
+        group = {"params": params, "lr": lrs[component], "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
+                 "name": component if kind == "decay" else f"{component}_{kind}"}  # fmt: skip
+        out.append(group | ({"muon": kind == "muon"} if muon else {}))
+    return out

@@ -27,6 +27,7 @@ from llava_platform.data.samples import EncodedSample
 from llava_platform.model.builder import ModelBundle, has_cls_token
 from llava_platform.model.freeze import apply_freeze, param_groups
 from llava_platform.train.flops import StepShape, mfu, training_flops
+from llava_platform.train.muon import MuonWithAdamW
 from llava_platform.train.plan import DataPlan, grouped_micro_batches
 from llava_platform.train.strategy import DDPRunner, StepRunner, distributed_world, next_token_targets
 
@@ -54,13 +55,16 @@ class StepMetrics:
 
 
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec, total_steps: int):
-    """AdamW over the trainable parameters (per-component lrs) and the spec's warmup + decay schedule."""
-    groups = param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay)
+    """AdamW (or Muon + AdamW) over the trainable parameters (per-component lrs) and the spec's warmup + decay schedule."""
+    muon = spec.optimizer == "muon"
+    groups = param_groups(model, spec.lr, spec.projector_lr, spec.vision_lr, spec.weight_decay, muon=muon)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check train.stage, train_llm, model.lora)")
-    # on a GPU, fused: one kernel over all tensors; else torch's default (ZeRO-Offload steps on the CPU)
-    on_gpu = next(model.parameters()).is_cuda and not spec.strategy.endswith("offload")
-    optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.adam_betas, fused=True if on_gpu else None)
+    if muon:
+        optimizer = MuonWithAdamW(groups, lr=spec.lr, betas=spec.adam_betas)
+    else:  # on a GPU, fused: one kernel over all tensors; else torch's default (ZeRO-Offload steps on the CPU)
+        on_gpu = next(model.parameters()).is_cuda and not spec.strategy.endswith("offload")
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.adam_betas, fused=True if on_gpu else None)
     name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
     decay = {"num_decay_steps": int(spec.decay_ratio * total_steps), "decay_type": "linear"}
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps), num_training_steps=total_steps,
