@@ -194,8 +194,8 @@ class TrainSpec(StrictModel):
     projector_lr: float | None = Field(None, gt=0, description="projector learning rate; default: lr")
     vision_lr: float | None = Field(None, gt=0, description="vision tower learning rate; default: lr")
     optimizer: Literal["adamw", "muon"] = Field(
-        "adamw", description="muon: Muon on the linear layers' weights, AdamW on embeddings, LM head, norms, biases "
-        "(learns a from-scratch model in far fewer steps; ddp only)"
+        "adamw", description="muon: Muon on the linear layers' weights (LoRA adapters included), AdamW on embeddings, "
+        "LM head, norms, biases (learns a from-scratch model in fewer steps; ddp only)"
     )
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay on matrices (never on biases and norms)")
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(

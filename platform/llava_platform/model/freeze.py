@@ -60,17 +60,20 @@ def param_groups(model: nn.Module, lr: float, projector_lr: float | None = None,
                  weight_decay: float = 0.0, muon: bool = False) -> list[dict]:  # fmt: skip
     """torch.optim groups: one per (component, kind) with that component's lr; biases and norms get no decay.
 
-    muon=True puts the linear layers' weights (attention, MLP, projector; not the LM head) in groups of
-    their own marked "muon": True, for train.muon.MuonWithAdamW; embeddings, head, norms and biases stay AdamW's.
+    muon=True puts the linear layers' weights (attention, MLP, projector, LoRA adapters; not the LM head) in
+    groups of their own marked "muon": True, for train.muon.MuonWithAdamW; embeddings, head, norms and biases
+    stay AdamW's.
     """
     lrs = {"llm": lr, "projector": projector_lr or lr, "vision_tower": vision_lr or lr}
-    head = model.get_output_embeddings()
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m is not head}
+    linear: set[int] = set()
+    if muon:
+        head = model.get_output_embeddings()
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m is not head}
     groups: dict[tuple[str, str], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if muon and id(param) in linear:
+        if id(param) in linear:
             kind = "muon"
         else:  # matrices decay; biases, norm scales, image_newline do not
             kind = "decay" if param.ndim >= 2 and "norm" not in name else "no_decay"

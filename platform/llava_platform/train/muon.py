@@ -31,6 +31,7 @@ __all__ = ["MuonWithAdamW", "orthogonalise"]
 
 # The quintic Newton-Schulz coefficients of the Muon write-up: they push singular values into ~[0.7, 1.2] in 5 steps.
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+STACK = 8  # most same-shape matrices orthogonalised in one batched matmul
 
 
 def orthogonalise(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -78,19 +79,24 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         lr, momentum = group["lr"], group["momentum"]
-        by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
         for p in params:
-            state = self.state[p]
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buffer = state["momentum_buffer"]
-            buffer.lerp_(p.grad, 1 - momentum)  # an EMA of the gradient
-            by_shape.setdefault(p.shape, []).append((p, p.grad.lerp(buffer, momentum)))  # Nesterov: one step ahead
-        for shape, pairs in by_shape.items():  # same-shape matrices (each layer's q, k, v, o) orthogonalised as one batch
-            updates = orthogonalise(torch.stack([update for _, update in pairs]), group["ns_steps"])
-            for (p, _), update in zip(pairs, updates):
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(shape)))  # update RMS 0.2 * lr, as AdamW's
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, same in by_shape.items():  # same-shape matrices (each layer's q, k, v, o) orthogonalised as one batch,
+            for start in range(0, len(same), STACK):  # STACK at a time: the batch's temporaries stay a few matrices big
+                chunk = same[start : start + STACK]
+                updates = orthogonalise(torch.stack([self._nesterov(p, momentum) for p in chunk]), group["ns_steps"])
+                for p, update in zip(chunk, updates):
+                    p.mul_(1 - lr * group["weight_decay"])
+                    p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(shape)))  # update RMS 0.2 * lr, as AdamW's
+
+    def _nesterov(self, p: torch.Tensor, momentum: float) -> torch.Tensor:
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buffer = state["momentum_buffer"]
+        buffer.lerp_(p.grad, 1 - momentum)  # an EMA of the gradient
+        return p.grad.lerp(buffer, momentum)  # Nesterov: one step ahead
 
     def _adamw_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         for p in params:

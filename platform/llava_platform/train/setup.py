@@ -91,7 +91,7 @@ def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, res
     runner = make_runner(model, optimizer, scheduler, spec.train, plan.accumulation, DTYPES[spec.model.dtype])
     start = 0
     if resume is not None:
-        start = read_trainer_state(resume, plan)["step"]
+        start = read_trainer_state(resume, plan, spec.train.optimizer)["step"]
         runner.load_state(resume)
     # saved with every checkpoint: the job's model spec (its source, LoRA, dtype) with the input handling resolved
     resolved = {k: getattr(bundle.spec, k) for k in RESOLVED_FIELDS}

@@ -41,14 +41,23 @@ def save_training_state(directory: Path, bundle: ModelBundle, runner: StepRunner
         return
     save_checkpoint(bundle, directory / MODEL_DIR, state_dict=state_dict)
     (directory / STATE_FILE).write_text(json.dumps({
-        "step": step, "total_steps": plan.total_steps, "workers": plan.workers, "plan": asdict(plan), "metrics": metrics,
+        "step": step, "total_steps": plan.total_steps, "workers": plan.workers, "plan": asdict(plan),
+        "optimizer": spec.train.optimizer, "metrics": metrics,
     }, indent=1))  # fmt: skip
     (directory / "job_spec.yaml").write_text(dump(spec))
 
 
-def read_trainer_state(directory: Path, plan: DataPlan) -> dict[str, Any]:
-    """The saved state, after checking that it belongs to the same plan (same data, batch, workers, seed)."""
+def read_trainer_state(directory: Path, plan: DataPlan, optimizer: str) -> dict[str, Any]:
+    """The saved state, after checking that it belongs to the same plan (same data, batch, workers, seed)
+    and the same train.optimizer (whose state it holds)."""
     state = json.loads((directory / STATE_FILE).read_text())
+    saved_optimizer = state.get("optimizer", "adamw")  # checkpoints from before train.optimizer: AdamW
+    if saved_optimizer != optimizer:
+        raise ValueError(
+            f"{directory}: the run was checkpointed with train.optimizer={saved_optimizer}, and this spec says "
+            f"{optimizer}; its optimizer state does not carry over. Resume with train.optimizer={saved_optimizer}, "
+            "or start a new run.name from the checkpoint's model (model.checkpoint)"
+        )
     saved = DataPlan(**state["plan"])
     if saved != plan:
         changed = [f"{k}: {v} -> {getattr(plan, k)}" for k, v in asdict(saved).items() if getattr(plan, k) != v]
