@@ -9,10 +9,12 @@ paths pointed under --out. A fresh --out starts fresh runs (the demo clears its 
 
     python -m jobs.demo --data my_scenes --out demo_mine
 
-trains the same way on another dataset: a folder with pretrain.json (captions), finetune.json (QA)
-and test.json (one question per record; the gold answer is its "answer" field, else its reply), in
-LLaVA JSON with image paths relative to the folder. The specs' length is a number of steps
-(train.max_steps), so a smaller set is repeated more often in the same time.
+trains the same way on another dataset: a folder with finetune.json (QA), test.json (one question
+per record; the gold answer is its "answer" field, else its reply) and, optionally, pretrain.json
+(captions), in LLaVA JSON with image paths relative to the folder. Without captions, stage 1 trains
+on finetune.json too, in the model's chat template instead of `plain` (which keeps only the image and
+the reply of one turn). The specs' length is a number of steps (train.max_steps), so a smaller set is
+repeated more often in the same time.
 
     python -m jobs.demo --data my_scenes --base jobs/assets/tiny-base --out demo_mine
 
@@ -48,7 +50,10 @@ def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, 
     """The shipped tiny spec of a stage, its paths under the demo folder, its model the checkpoint
     `start` (None: the spec's own, i.e. the random-init preset in stage 1)."""
     source = data.pretrain if stage == "pretrain" else data.finetune
-    overrides = [f"data.path={source}", f"data.image_folder={data.image_folder}", f"train.output_dir={out / stage}",
+    overrides = []
+    if not source.exists() and stage == "pretrain":  # no captions: stage 1 learns from the QA, in the chat template
+        source, overrides = data.finetune, ["data.template=null"]
+    overrides += [f"data.path={source}", f"data.image_folder={data.image_folder}", f"train.output_dir={out / stage}",
                  f"run.storage_path={out / 'ray'}", f"run.name=demo-{stage}"]  # fmt: skip
     if start is not None:
         overrides += ["model.preset=null", f"model.checkpoint={start}"]
@@ -81,6 +86,8 @@ def main() -> None:
         root = args.data.resolve()
         data = SyntheticPaths.in_folder(root)
         step(f"1. dataset {root}", started)
+        if not data.pretrain.exists():
+            print(f"no {data.pretrain.name}: stage 1 trains on {data.finetune.name} in the model's chat template")
 
     start = "random init" if args.base is None else f"from {args.base}"
     step(f"2. stage 1: projector alignment on captions, {start} (jobs.pretrain, tiny_pretrain.yaml)", started)

@@ -10,9 +10,8 @@ import pytest
 from conftest import REPO, ray_env
 from llava_platform.model import load_checkpoint
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_demo_trains_both_stages_and_answers_held_out_questions(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "jobs.demo", "--out", str(out), "--num-train", "320", "--num-test", "40",
@@ -29,3 +28,18 @@ def test_demo_trains_both_stages_and_answers_held_out_questions(tmp_path):
     assert score and float(score[1]) == pytest.approx(100 * results["accuracy"], abs=0.05)
     assert results["train_seconds"] > 0 and set(results["stage_seconds"]) == {"pretrain", "finetune"}
     assert load_checkpoint(results["final"]).spec.template == "mistral_instruct"  # the tiny preset's
+
+
+@pytest.mark.parametrize("captions", [True, False])
+def test_a_dataset_without_captions_trains_stage_1_on_its_qa_in_the_chat_template(tmp_path, captions):
+    from jobs.demo import stage_spec
+    from llava_platform.data.synthetic import SyntheticPaths
+    from llava_platform.train.setup import training_template
+
+    data = SyntheticPaths.in_folder(tmp_path)
+    if captions:
+        data.pretrain.write_text("[]")
+    spec = stage_spec("pretrain", tmp_path / "out", data, None, [])
+    assert spec.data.path == str(data.pretrain if captions else data.finetune)
+    # plain keeps one turn's reply and drops the question: QA records are rendered in the tiny preset's template
+    assert training_template(spec) == ("plain" if captions else "mistral_instruct")

@@ -22,7 +22,7 @@ def test_tiny_preset(tiny_bundle):
     model, config = tiny_bundle.model, tiny_bundle.model.config
     assert isinstance(model, LlavaForConditionalGeneration)
     assert config.vision_feature_layer == -1 and config.vision_feature_select_strategy == "default"
-    assert image_tokens(tiny_bundle, make_image(90, 50)) == 16  # (64 / 16)^2 patches, CLS dropped
+    assert image_tokens(tiny_bundle, make_image(90, 50)) == 36  # (96 / 16)^2 patches, CLS dropped
     vocab = model.get_input_embeddings().num_embeddings
     assert vocab % 64 == 0 and vocab >= len(tiny_bundle.tokenizer)
     assert tiny_bundle.spec.template == "mistral_instruct" and tiny_bundle.spec.image_mode == "pad"
@@ -33,10 +33,10 @@ def test_tiny_preset(tiny_bundle):
 def test_tiny_anyres_builds_llava_next():
     bundle = build_model(ModelSpec(preset="tiny", image_mode="anyres"))
     assert isinstance(bundle.model, LlavaNextForConditionalGeneration)
-    assert bundle.model.config.image_grid_pinpoints == [[64, 128], [128, 64], [128, 128], [192, 64], [64, 192]]
+    assert bundle.model.config.image_grid_pinpoints == [[96, 192], [192, 96], [192, 192], [288, 96], [96, 288]]  # in tiles of 96
     image = make_image(120, 60)
     inputs = bundle.processor(text=["<image>wide"], images=[image], return_tensors="pt")
-    assert inputs["image_sizes"].tolist() == [[60, 120]] and image_tokens(bundle, image) > 16  # base view + tiles
+    assert inputs["image_sizes"].tolist() == [[60, 120]] and image_tokens(bundle, image) > 36  # base view + tiles
     with torch.no_grad():
         assert torch.isfinite(bundle.model(**inputs).logits).all()
 
@@ -133,7 +133,7 @@ def test_bad_names_fail_before_loading():
 
 def test_full_strategy_keeps_cls_in_the_count():
     bundle = build_model(ModelSpec(preset="tiny", vision_feature_select_strategy="full"))
-    assert bundle.model.config.image_seq_length == 17 == image_tokens(bundle, make_image(64, 64))
+    assert bundle.model.config.image_seq_length == 37 == image_tokens(bundle, make_image(64, 64))  # 6 x 6 patches + CLS
     inputs = bundle.processor(text=["<image>x"], images=[make_image(64, 64)], return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(bundle.model(**inputs).logits).all()

@@ -40,7 +40,7 @@ def test_encoded_sample_equals_processor_output(tiny_bundle, folder):
     assert torch.equal(sample.pixel_values, expected["pixel_values"])
     trained = [t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
     assert tiny_bundle.tokenizer.decode(trained) == " red </s>"  # mistral_instruct: reply, space, </s>
-    assert sample.input_ids.count(tiny_bundle.tokenizer.image_token_id) == 16
+    assert sample.input_ids.count(tiny_bundle.tokenizer.image_token_id) == 36  # (96 / 16)^2
 
 
 def test_anyres_samples_carry_image_sizes(folder):
@@ -49,7 +49,7 @@ def test_anyres_samples_carry_image_sizes(folder):
     convs = [{"from": "human", "value": "<image> and <image>?"}, {"from": "gpt", "value": "two"}]
     sample = encoder.encode(parse_record({"id": "m", "image": ["a.png", "b.png"], "conversations": convs}))
     assert sample.image_sizes.tolist() == [[48, 64], [90, 30]]
-    assert sample.pixel_values.shape[0] == 2 and sample.pixel_values.shape[2:] == (3, 64, 64)
+    assert sample.pixel_values.shape[0] == 2 and sample.pixel_values.shape[2:] == (3, 96, 96)  # tiles at the tower size
     with torch.no_grad():
         out = bundle.model(input_ids=torch.tensor([sample.input_ids]), pixel_values=sample.pixel_values,
                            image_sizes=sample.image_sizes, labels=torch.tensor([sample.labels]))  # fmt: skip
@@ -84,7 +84,7 @@ def test_validation_report_names_each_problem(tiny_bundle, folder):
     text = report.format()
     assert "6 samples, 2 ok, 4 with problems" in text and "- missing: missing_image: image not found" in text
     # images whose tokens cannot fit are a different error from a text that is merely cut
-    tight = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, folder, max_length=20)  # 16 image tokens + text
+    tight = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, folder, max_length=36)  # "<s>[INST]" + 36 image tokens + text
     report, _ = validate_dataset(str(path), tight)
     assert {p.id: p.kind for p in report.problems}["good-1"] == "too_long"
 

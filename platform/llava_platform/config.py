@@ -160,7 +160,7 @@ class DataSpec(StrictModel):
     cache_encoded: bool = Field(
         False,
         description="keep what the data check encoded (Ray's object store) and replay it from the training worker's "
-        "memory every epoch (small datasets: a 64-px sample is ~50 KB, a 336-px one ~1.4 MB); false: stream, "
+        "memory every epoch (small datasets: a 96-px sample is ~110 KB, a 336-px one ~1.4 MB); false: stream, "
         "re-encoding every epoch",
     )
 

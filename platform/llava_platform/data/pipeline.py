@@ -167,7 +167,7 @@ class CheckedData:
     indices: list[int]  # good[p]'s position in the file: the rows' "index"
     # ray.data.Dataset of CheckRecords rows with the encoded columns (bad records' too), in no particular
     # order, or None. A worker reads it whole and keeps the rows it replays: reading a materialized
-    # dataset as it is costs no task, and a select or filter of its ~330 MB (6800 64-px samples) would
+    # dataset as it is costs no task, and a select or filter of its ~750 MB (6800 96-px samples) would
     # cost ~6 s of tasks in every worker.
     encoded: Any = None
 
