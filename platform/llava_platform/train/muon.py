@@ -5,8 +5,9 @@ orthogonalised with a few Newton-Schulz iterations: every direction of the updat
 the same amount, so rarely used directions learn as fast as the dominant ones. The tiny preset,
 from random init, learns the synthetic scenes with it to 97-100% held-out in 300 + 750 steps
 (64-px tower; the 96-px tower's 36 image tokens need 300 + 900 for that on every seed), where
-AdamW's 425 + 1009 gave 84.5-98% (README, "Learning the synthetic scenes"). Embeddings, the LM head, norms and biases are not
-matrices a layer multiplies by, and keep AdamW; both share one learning-rate schedule.
+AdamW's 425 + 1009 gave 84.5-98% (README, "Learning the synthetic scenes"). Embeddings, the LM
+head, norms and biases are not matrices a layer multiplies by, and keep AdamW; both share one
+learning-rate schedule.
 
 Why not torch.optim.Muon: it orthogonalises in bfloat16, which a CPU without bfloat16 units (the
 2-core CI machine) runs ~5x slower than the whole tiny training step (35 vs 190 samples/s), and
