@@ -14,14 +14,15 @@ per record; the gold answer is its "answer" field, else its reply) and, optional
 (captions), in LLaVA JSON with image paths relative to the folder. Without captions, stage 1 trains
 on finetune.json too, in the model's chat template instead of `plain` (which keeps only the image and
 the reply of one turn). The specs' length is a number of steps (train.max_steps), so a smaller set is
-repeated more often in the same time.
+repeated more often in the same time. Overrides after the options apply to both stages, or, prefixed
+`pretrain:` / `finetune:`, to one.
 
     python -m jobs.demo --data my_scenes --base jobs/assets/tiny-base --out demo_mine
 
-starts stage 1 from the shipped tiny base instead of random init: the model of a demo run on the
-generated scenes (`python -m jobs.demo --export jobs/assets/tiny-base` made it), which has learnt to
-see shapes, colours and places. That is how a new small dataset is learnt in the same 6 minutes, as
-LLaVA starts from CLIP and Vicuna rather than from nothing.
+starts stage 1 from the shipped tiny base instead of random init: a demo run's model that went on to
+learn 76 k varied scenes (`--data` on `jobs.make_synthetic_data --varied` sets, `--export`; README,
+"The tiny base"), so it sees shapes, colours, sizes and places. That is how a new small dataset is
+learnt in the same 6 minutes, as LLaVA starts from CLIP and Vicuna rather than from nothing.
 """
 
 import argparse
@@ -40,6 +41,7 @@ from llava_platform.train.launch import run_training
 
 CONFIGS = Path(__file__).parent / "configs"
 RESULTS_FILE = "demo_results.json"
+OTHER_STAGE = {"pretrain": "finetune", "finetune": "pretrain"}
 
 
 def step(title: str, started: float) -> None:
@@ -57,7 +59,9 @@ def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, 
                  f"run.storage_path={out / 'ray'}", f"run.name=demo-{stage}"]  # fmt: skip
     if start is not None:
         overrides += ["model.preset=null", f"model.checkpoint={start}"]
-    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + extra)
+    # "pretrain:train.max_steps=1500" applies to that stage only; unprefixed overrides to both
+    mine = [o.split(":", 1)[1] if o.startswith(f"{stage}:") else o for o in extra if not o.startswith(OTHER_STAGE[stage] + ":")]
+    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + mine)
 
 
 @user_errors_exit
@@ -68,10 +72,11 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=200, help="held-out scenes, one question each")
     parser.add_argument("--data", type=Path, help="train and test on this dataset folder instead of generated scenes")
     parser.add_argument("--base", type=Path, help="start stage 1 from this checkpoint instead of random init, e.g. "
-                        "jobs/assets/tiny-base, the shipped result of a demo run")  # fmt: skip
+                        "jobs/assets/tiny-base, the shipped base that has seen varied scenes")  # fmt: skip
     parser.add_argument("--export", type=Path, help="also save the final model, with demo_results.json, here")
     parser.add_argument("--show", type=int, default=6, help="question/answer pairs to print")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.max_steps=100")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.max_steps=100; "
+                        "prefixed pretrain: or finetune:, to that stage only")  # fmt: skip
     args = parser.parse_args()
     quiet_transformers()
     started = time.perf_counter()
@@ -86,11 +91,9 @@ def main() -> None:
         root = args.data.resolve()
         data = SyntheticPaths.in_folder(root)
         step(f"1. dataset {root}", started)
-        if not data.pretrain.exists():
-            print(f"no {data.pretrain.name}: stage 1 trains on {data.finetune.name} in the model's chat template")
-
+    on = "captions" if data.pretrain.exists() else f"{data.finetune.name} (no {data.pretrain.name}), in the chat template"
     start = "random init" if args.base is None else f"from {args.base}"
-    step(f"2. stage 1: projector alignment on captions, {start} (jobs.pretrain, tiny_pretrain.yaml)", started)
+    step(f"2. stage 1: projector alignment on {on}, {start} (jobs.pretrain, tiny_pretrain.yaml)", started)
     first = run_training(stage_spec("pretrain", out, data, args.base, args.overrides), "pretrain")
 
     step("3. stage 2: visual instruction tuning (jobs.finetune, tiny_finetune.yaml)", started)

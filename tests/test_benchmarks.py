@@ -41,3 +41,22 @@ def test_train_throughput_runs_a_shipped_7b_spec_on_tiny_shapes():
     spec = re.search(r"^  spec: ([\d.]+) samples/s, (\d+) tokens/s, MFU ([\d.]+)%$", stdout, re.M)
     assert spec and float(spec[1]) > 0 and 0 < float(spec[3]) < 100, stdout
     assert "train.stage=pretrain" not in stdout  # --no-compare
+
+
+@pytest.mark.parametrize("script", ["grid_scenes", "free_scenes", "sealed_scenes"])
+def test_transfer_sets_are_datasets_the_platform_trains_on(tmp_path, script):
+    """The sets the tiny base is scored on (README): written as documented, and passing jobs.validate_data."""
+    from conftest import run_job
+    from llava_platform.data.records import read_records
+
+    out = tmp_path / script
+    made = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--out", str(out), "--num-train", "40", "--num-test", "12"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    test = list(read_records(out / "test.json"))
+    assert len(test) == 12 and all(r.extra["answer"] == r.messages[1].content for r in test)
+    if script != "grid_scenes":  # the two later sets name each question's kind, for the demo's by-kind scores
+        assert len({r.extra["kind"] for r in test}) >= 4
+    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "40 samples, 40 ok, 0 with problems" in checked.stdout

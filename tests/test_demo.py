@@ -43,3 +43,14 @@ def test_a_dataset_without_captions_trains_stage_1_on_its_qa_in_the_chat_templat
     assert spec.data.path == str(data.pretrain if captions else data.finetune)
     # plain keeps one turn's reply and drops the question: QA records are rendered in the tiny preset's template
     assert training_template(spec) == ("plain" if captions else "mistral_instruct")
+
+
+def test_prefixed_overrides_reach_one_stage_and_plain_ones_both(tmp_path):
+    from jobs.demo import stage_spec
+    from llava_platform.data.synthetic import SyntheticPaths
+
+    data = SyntheticPaths.in_folder(tmp_path)
+    extra = ["pretrain:train.max_steps=7", "finetune:train.max_steps=9", "train.lr=0.01"]
+    first, second = (stage_spec(stage, tmp_path / "out", data, None, extra) for stage in ("pretrain", "finetune"))
+    assert (first.train.max_steps, second.train.max_steps) == (7, 9)
+    assert first.train.lr == second.train.lr == 0.01
