@@ -6,7 +6,7 @@ shapes, colours, sizes, places and backgrounds, and an LLM that has met many way
 here is 1-6 objects, 10 shapes in 12 colours (jittered), of any size from 15 to 40% of the short
 side, placed freely or in a 2x2 / 3x3 / 1x3 / 2x3 grid, on light, white, dark or tinted backgrounds,
 on canvases of 96-160 px in five aspect ratios; its questions are 11 kinds, each in 2-4 wordings.
-Answers are single words, digits, "yes"/"no" or a two-word place ("top left").
+Answers are single words, digits, "yes"/"no", a place ("top left") or an object's name ("red star").
 
 Writes the same layout as synthetic.py (`SyntheticPaths.in_folder`): pretrain.json (captions),
 finetune.json (1-4 QA turns, sometimes "Describe the image." -> the caption), test.json (one question
