@@ -41,11 +41,24 @@ from llava_platform.train.launch import run_training
 
 CONFIGS = Path(__file__).parent / "configs"
 RESULTS_FILE = "demo_results.json"
-OTHER_STAGE = {"pretrain": "finetune", "finetune": "pretrain"}
+STAGES = ("pretrain", "finetune")
 
 
 def step(title: str, started: float) -> None:
     print(f"\n== {title} (t={time.perf_counter() - started:.0f}s)", flush=True)
+
+
+def overrides_for(stage: str, overrides: list[str]) -> list[str]:
+    """The unprefixed overrides, and those prefixed "<stage>:" with the prefix cut ("pretrain:train.max_steps=1500"
+    reaches stage 1 only); the other stage's are left out."""
+    kept = []
+    for override in overrides:
+        prefix, colon, rest = override.partition(":")
+        if not colon or prefix not in STAGES:
+            kept.append(override)
+        elif prefix == stage:
+            kept.append(rest)
+    return kept
 
 
 def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, extra: list[str]) -> TrainJobSpec:
@@ -59,9 +72,7 @@ def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, 
                  f"run.storage_path={out / 'ray'}", f"run.name=demo-{stage}"]  # fmt: skip
     if start is not None:
         overrides += ["model.preset=null", f"model.checkpoint={start}"]
-    # "pretrain:train.max_steps=1500" applies to that stage only; unprefixed overrides to both
-    mine = [o.split(":", 1)[1] if o.startswith(f"{stage}:") else o for o in extra if not o.startswith(OTHER_STAGE[stage] + ":")]
-    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + mine)
+    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + overrides_for(stage, extra))
 
 
 @user_errors_exit
@@ -91,10 +102,11 @@ def main() -> None:
         root = args.data.resolve()
         data = SyntheticPaths.in_folder(root)
         step(f"1. dataset {root}", started)
-    on = "captions" if data.pretrain.exists() else f"{data.finetune.name} (no {data.pretrain.name}), in the chat template"
+    spec = stage_spec("pretrain", out, data, args.base, args.overrides)  # it picks the captions or, without them, the QA
+    on = "captions" if spec.data.path == str(data.pretrain) else f"{data.finetune.name} (no {data.pretrain.name}), in the chat template"
     start = "random init" if args.base is None else f"from {args.base}"
     step(f"2. stage 1: projector alignment on {on}, {start} (jobs.pretrain, tiny_pretrain.yaml)", started)
-    first = run_training(stage_spec("pretrain", out, data, args.base, args.overrides), "pretrain")
+    first = run_training(spec, "pretrain")
 
     step("3. stage 2: visual instruction tuning (jobs.finetune, tiny_finetune.yaml)", started)
     second = run_training(stage_spec("finetune", out, data, first.final, args.overrides), "finetune")
