@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from llava_platform.data.synthetic import SyntheticPaths, conversation
 
-__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "ask", "scene_json", "generate"]
+__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "unique_name", "ask", "scene_json", "generate"]
 
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "ring", "cross", "hexagon", "rectangle", "bar"]
 COLORS = {
@@ -177,7 +177,7 @@ def _size_word(scene: Scene, t: Thing) -> str | None:
     return None
 
 
-def _name(scene: Scene, t: Thing) -> str | None:
+def unique_name(scene: Scene, t: Thing) -> str | None:
     """The shortest of "star", "red star" that picks t out alone, or None."""
     for words in ([t.shape], [t.color, t.shape]):
         if sum(o.shape == t.shape and (len(words) == 1 or o.color == t.color) for o in scene.things) == 1:
@@ -192,7 +192,7 @@ def _plural(shape: str) -> str:
 def ask(rng: random.Random, kind: str, scene: Scene) -> tuple[str, str] | None:
     """A question of this kind with one exact answer for the scene, or None if the scene has none."""
     things = scene.things
-    named = [(t, n) for t in things if (n := _name(scene, t))]
+    named = [(t, n) for t in things if (n := unique_name(scene, t))]
     if kind == "color":
         if not named:
             return None
