@@ -35,7 +35,6 @@ from llava_platform.data import varied_scenes
 from llava_platform.data.images import load_image
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
-from llava_platform.data.synthetic import conversation
 from llava_platform.eval.heldout import answer_held_out
 from llava_platform.model.builder import ModelBundle, build_model
 from llava_platform.model.checkpoint import load_checkpoint, save_checkpoint
@@ -81,10 +80,8 @@ def write_split(folder: Path, prefix: str, count: int, rng: random.Random, namin
         scene = varied_scenes.sample_scene(rng)
         if (pair := side_question(rng, scene, naming)) is None:
             continue
-        ident = f"{prefix}_{len(records):05d}"
-        varied_scenes.draw(scene, rng).save(folder / f"images/{ident}.png", compress_level=1)
-        records.append({"id": ident, "image": f"images/{ident}.png", "answer": pair[1], "kind": count_kind(len(scene.things)),
-                        "conversations": conversation([pair]), "scene": varied_scenes.scene_json(scene)})  # fmt: skip
+        ident, kind = f"{prefix}_{len(records):05d}", count_kind(len(scene.things))
+        records.append(varied_scenes.question_record(folder, ident, scene, pair, kind, rng))
     path = folder / f"{prefix}.json"
     path.write_text(json.dumps(records, indent=1))
     return path

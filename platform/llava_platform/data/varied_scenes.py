@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from llava_platform.data.synthetic import SyntheticPaths, conversation
 
-__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "unique_name", "ask", "scene_json", "generate"]
+__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "unique_name", "ask", "scene_json", "question_record", "generate"]
 
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "ring", "cross", "hexagon", "rectangle", "bar"]
 COLORS = {
@@ -301,6 +301,14 @@ def scene_json(scene: Scene) -> dict:
     return {"size": [scene.width, scene.height], "background": list(scene.background), "objects": things}
 
 
+def question_record(root: Path, ident: str, scene: Scene, pair: tuple[str, str], kind: str, rng: random.Random) -> dict:
+    """Draws the scene to root/images/<ident>.png; its held-out record: one question, gold in "answer", kind in "kind"."""
+    image = f"images/{ident}.png"
+    draw(scene, rng).save(root / image, compress_level=1)
+    return {"id": ident, "image": image, "answer": pair[1], "kind": kind, "conversations": conversation([pair]),
+            "scene": scene_json(scene)}  # fmt: skip
+
+
 def generate(out_dir: str | Path, num_train: int = 16000, num_test: int = 220, seed: int = 0) -> SyntheticPaths:
     """Images and the three JSON files; test questions round-robin over the kinds."""
     if num_train < 0 or num_test < 0:
@@ -313,10 +321,7 @@ def generate(out_dir: str | Path, num_train: int = 16000, num_test: int = 220, s
         kind, scene = KINDS[len(test) % len(KINDS)], sample_scene(rng)
         if (pair := ask(rng, kind, scene)) is None:
             continue
-        ident = f"test_{len(test):05d}"
-        draw(scene, rng).save(paths.root / f"images/{ident}.png", compress_level=1)
-        test.append({"id": ident, "image": f"images/{ident}.png", "answer": pair[1], "kind": kind,
-                     "conversations": conversation([pair]), "scene": scene_json(scene)})  # fmt: skip
+        test.append(question_record(paths.root, f"test_{len(test):05d}", scene, pair, kind, rng))
     for i in range(num_train):
         scene, ident = sample_scene(rng), f"train_{i:05d}"
         image = f"images/{ident}.png"
