@@ -32,6 +32,7 @@ import torch
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, TrainJobSpec, load
 from llava_platform.data import varied_scenes
+from llava_platform.data.drills import NAMINGS, side_question
 from llava_platform.data.images import load_image
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
@@ -42,31 +43,6 @@ from llava_platform.train.loop import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "jobs/configs/tiny_finetune.yaml"
 TINY_BASE = Path(__file__).resolve().parents[1] / "jobs/assets/tiny-base"
-
-
-def color_name(scene: varied_scenes.Scene, thing: varied_scenes.Thing) -> str | None:
-    """"red object" where no other object is red, else None."""
-    return f"{thing.color} object" if sum(o.color == thing.color for o in scene.things) == 1 else None
-
-
-NAMINGS = {"shortest": varied_scenes.unique_name, "color": color_name}
-
-
-def side_question(rng: random.Random, scene: varied_scenes.Scene, naming: str = "shortest") -> tuple[str, str] | None:
-    """About a named object in the left / right (or top / bottom) third; None if the pick is in the middle one."""
-    named = [(t, n) for t in scene.things if (n := NAMINGS[naming](scene, t))]
-    if not named:
-        return None
-    thing, name = rng.choice(named)
-    if rng.random() < 0.5:
-        where = thing.cx / scene.width
-        question, sides = f"Is the {name} on the left or on the right side?", ("left", "right")
-    else:
-        where = thing.cy / scene.height
-        question, sides = f"Is the {name} at the top or at the bottom?", ("top", "bottom")
-    if 1 / 3 <= where <= 2 / 3:
-        return None
-    return question, sides[where > 2 / 3]
 
 
 def count_kind(objects: int) -> str:
@@ -107,7 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps of 32 (the recipe's global batch)")
     parser.add_argument("--names", choices=list(NAMINGS), default="shortest",
                         help='"shortest": "star" or "red star", whichever picks the object out (as varied_scenes asks); '
-                        '"color": "red object", about objects whose colour no other one has')  # fmt: skip
+                        '"color": "red object", "color_shape": "red star", about objects whose colour no other one has')  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

@@ -3,6 +3,7 @@ stored scene, pixels that show it."""
 
 import json
 import math
+import random
 import re
 from collections import Counter
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from conftest import run_job
 from llava_platform.data.records import read_records
-from llava_platform.data.varied_scenes import CANVASES, COLORS, KINDS, SHAPES, generate
+from llava_platform.data.varied_scenes import CANVASES, COLORS, KINDS, SHAPES, ask, generate, sample_scene
 
 PLURALS = {shape + ("es" if shape == "cross" else "s"): shape for shape in SHAPES}
 
@@ -121,8 +122,21 @@ def test_bad_counts_say_what_to_change(tmp_path):
         generate(tmp_path, num_train=-1, num_test=5)
 
 
+def test_an_unknown_question_kind_lists_the_kinds():
+    rng = random.Random(0)
+    with pytest.raises(ValueError, match="unknown question kind 'colour'; kinds: color, shape, count, "):
+        ask(rng, "colour", sample_scene(rng))
+
+
 def test_cli_writes_the_varied_dataset(tmp_path):
     result = run_job("make_synthetic_data", "--varied", "--out", str(tmp_path / "d"), "--num-train", "12", "--num-test", "4")
     assert result.returncode == 0, result.stderr
     assert "finetune: 12 records" in result.stdout and "test: 4 records" in result.stdout
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 16
+
+
+def test_cli_refuses_an_image_size_it_would_ignore(tmp_path):
+    result = run_job("make_synthetic_data", "--varied", "--image-size", "128", "--out", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert "--image-size sets the demo scenes' side" in result.stderr and "drop one of the two" in result.stderr
+    assert not (tmp_path / "d").exists()

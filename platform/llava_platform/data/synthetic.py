@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "COLORS", "CELLS", "SyntheticPaths", "generate", "caption", "questions", "conversation"]
+__all__ = ["SHAPES", "COLORS", "CELLS", "SyntheticPaths", "generate", "check_counts", "caption", "questions", "conversation"]
 
 SHAPES = ["circle", "square", "triangle"]
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -102,10 +102,15 @@ def _scene_json(scene: tuple[Obj, ...]) -> list[dict[str, str]]:
     return [{"cell": cell, "color": color, "shape": shape} for cell, color, shape in scene]
 
 
-def generate(out_dir: str | Path, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 64) -> SyntheticPaths:
-    """Write images and the three JSON files; the same arguments give byte-identical output."""
+def check_counts(num_train: int, num_test: int) -> None:
+    """The record counts a generator is asked for: negative ones are a caller's mistake, named."""
     if num_train < 0 or num_test < 0:
         raise ValueError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
+
+
+def generate(out_dir: str | Path, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 64) -> SyntheticPaths:
+    """Write images and the three JSON files; the same arguments give byte-identical output."""
+    check_counts(num_train, num_test)
     # distinct scenes: 4*12 + 6*12**2 + 4*12**3 = 7824; the cap keeps rejection sampling quick
     limit = 7000
     if num_train + num_test > limit:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from llava_platform.data.synthetic import SyntheticPaths, conversation
+from llava_platform.data.synthetic import SyntheticPaths, check_counts, conversation
 
 __all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "unique_name", "ask", "scene_json", "question_record", "generate"]
 
@@ -189,103 +189,139 @@ def _plural(shape: str) -> str:
     return shape + ("es" if shape == "cross" else "s")
 
 
+# One asker per question kind: (rng, scene, named = [(object, its unique name)]) -> (question, answer), or
+# None when the scene has no question of that kind with one exact answer.
+Named = list[tuple[Thing, str]]
+
+
+def _ask_color(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    if not named:
+        return None
+    t, n = rng.choice(named)
+    q = rng.choice(["What color is the {}?", "What is the color of the {}?", "What colour is the {}?", "Which color is the {}?"])
+    return q.format(n), t.color
+
+
+def _ask_shape(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    by_color = [t for t in scene.things if sum(o.color == t.color for o in scene.things) == 1]
+    if not by_color:
+        return None
+    t = rng.choice(by_color)
+    q = rng.choice(["What shape is the {} object?", "What is the shape of the {} object?", "Which shape is {}?"])
+    return q.format(t.color), t.shape
+
+
+def _ask_count(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    things = scene.things
+    if rng.random() < 0.5:
+        shape = rng.choice(sorted({t.shape for t in things}) if rng.random() < 0.8 else SHAPES)
+        q = rng.choice(["How many {} are there?", "How many {} are in the image?", "Count the {}."]).format(_plural(shape))
+        return q, str(sum(t.shape == shape for t in things))
+    color = rng.choice(sorted({t.color for t in things}) if rng.random() < 0.8 else list(COLORS))
+    q = rng.choice(["How many {} objects are there?", "How many {} shapes are there?", "How many things are {}?"])
+    return q.format(color), str(sum(t.color == color for t in things))
+
+
+def _ask_total(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    q = rng.choice(["How many objects are there?", "How many shapes are in the image?", "How many objects can you see?"])
+    return q, str(len(scene.things))
+
+
+def _ask_exists(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    things = scene.things
+    want = rng.random() < 0.5
+    present = {(t.color, t.shape) for t in things}
+    if rng.random() < 0.3:  # a shape alone
+        shapes = {t.shape for t in things}
+        pool = sorted(shapes) if want else [s for s in SHAPES if s not in shapes]
+        shape = rng.choice(pool)
+        q = rng.choice(["Is there a {}?", "Are there any {}?", "Does the image contain a {}?"])
+        return q.format(_plural(shape) if "any" in q else shape), "yes" if want else "no"
+    if want:
+        color, shape = rng.choice(sorted(present))
+    else:  # half the time a hard negative: colour and shape both there, not together
+        hard = [(c, s) for c in {t.color for t in things} for s in {t.shape for t in things} if (c, s) not in present]
+        absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+        color, shape = rng.choice(sorted(hard) if hard and rng.random() < 0.5 else absent)
+    return rng.choice(["Is there a {} {}?", "Is there a {} {} in the image?"]).format(color, shape), "yes" if want else "no"
+
+
+def _ask_where(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    if not named:
+        return None
+    t, n = rng.choice(named)
+    return rng.choice(["Where is the {}?", "In which part of the image is the {}?"]).format(n), scene.place(t)
+
+
+def _ask_what_at(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    places: dict[str, list[Thing]] = {}
+    for t in scene.things:
+        places.setdefault(scene.place(t), []).append(t)
+    place = rng.choice(sorted(places))
+    if len(places[place]) != 1:
+        return None
+    t = places[place][0]
+    if rng.random() < 0.5:
+        return f"What shape is at the {place}?" if place != "center" else "What shape is in the center?", t.shape
+    return f"What color is the object at the {place}?" if place != "center" else "What color is the object in the center?", t.color
+
+
+def _ask_relation(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    cands = []
+    for (a, na), (b, nb) in permutations(named, 2):  # centres >= 10 px apart along the asked axis
+        if abs(a.cx - b.cx) >= 10:
+            cands += [(na, "to the left of", nb, a.cx < b.cx), (na, "to the right of", nb, a.cx > b.cx)]
+        if abs(a.cy - b.cy) >= 10:
+            cands += [(na, "above", nb, a.cy < b.cy), (na, "below", nb, a.cy > b.cy)]
+    want = rng.random() < 0.5
+    cands = [c for c in cands if c[3] == want]
+    if not cands:
+        return None
+    na, rel, nb, _ = rng.choice(cands)
+    if rng.random() < 0.3 and rel in ("to the left of", "above"):  # a choice between the two instead of yes/no
+        q = "Which is further left, the {} or the {}?" if rel == "to the left of" else "Which is higher, the {} or the {}?"
+        return q.format(na, nb), na if want else nb
+    return f"Is the {na} {rel} the {nb}?", "yes" if want else "no"
+
+
+def _ask_size(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    sized = [(n, s) for t, n in named if (s := _size_word(scene, t))]
+    if not sized:
+        return None
+    n, s = rng.choice(sized)
+    big = rng.choice(["large", "big"])
+    return f"Is the {n} {big} or small?", big if s == "large" else s
+
+
+def _ask_more(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    things = scene.things
+    a, b = rng.sample(SHAPES, 2) if rng.random() < 0.3 else rng.sample(sorted({t.shape for t in things}) + [rng.choice(SHAPES)], 2)
+    if a == b:
+        return None
+    na, nb = sum(t.shape == a for t in things), sum(t.shape == b for t in things)
+    if na == nb and rng.random() < 0.7:
+        return None
+    return f"Are there more {_plural(a)} than {_plural(b)}?", "yes" if na > nb else "no"
+
+
+def _ask_same_color(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
+    if len(named) < 2:
+        return None
+    (a, na), (b, nb) = rng.sample(named, 2)
+    return f"Are the {na} and the {nb} the same color?", "yes" if a.color == b.color else "no"
+
+
+_ASKERS = {"color": _ask_color, "shape": _ask_shape, "count": _ask_count, "total": _ask_total, "exists": _ask_exists,
+           "where": _ask_where, "what_at": _ask_what_at, "relation": _ask_relation, "size": _ask_size,
+           "more": _ask_more, "same_color": _ask_same_color}  # fmt: skip
+
+
 def ask(rng: random.Random, kind: str, scene: Scene) -> tuple[str, str] | None:
     """A question of this kind with one exact answer for the scene, or None if the scene has none."""
-    things = scene.things
-    named = [(t, n) for t in things if (n := unique_name(scene, t))]
-    if kind == "color":
-        if not named:
-            return None
-        t, n = rng.choice(named)
-        q = rng.choice(["What color is the {}?", "What is the color of the {}?", "What colour is the {}?", "Which color is the {}?"])
-        return q.format(n), t.color
-    if kind == "shape":
-        by_color = [t for t in things if sum(o.color == t.color for o in things) == 1]
-        if not by_color:
-            return None
-        t = rng.choice(by_color)
-        q = rng.choice(["What shape is the {} object?", "What is the shape of the {} object?", "Which shape is {}?"])
-        return q.format(t.color), t.shape
-    if kind == "count":
-        if rng.random() < 0.5:
-            shape = rng.choice(sorted({t.shape for t in things}) if rng.random() < 0.8 else SHAPES)
-            q = rng.choice(["How many {} are there?", "How many {} are in the image?", "Count the {}."]).format(_plural(shape))
-            return q, str(sum(t.shape == shape for t in things))
-        color = rng.choice(sorted({t.color for t in things}) if rng.random() < 0.8 else list(COLORS))
-        q = rng.choice(["How many {} objects are there?", "How many {} shapes are there?", "How many things are {}?"])
-        return q.format(color), str(sum(t.color == color for t in things))
-    if kind == "total":
-        q = rng.choice(["How many objects are there?", "How many shapes are in the image?", "How many objects can you see?"])
-        return q, str(len(things))
-    if kind == "exists":
-        want = rng.random() < 0.5
-        present = {(t.color, t.shape) for t in things}
-        if rng.random() < 0.3:  # a shape alone
-            shapes = {t.shape for t in things}
-            pool = sorted(shapes) if want else [s for s in SHAPES if s not in shapes]
-            shape = rng.choice(pool)
-            q = rng.choice(["Is there a {}?", "Are there any {}?", "Does the image contain a {}?"])
-            return q.format(_plural(shape) if "any" in q else shape), "yes" if want else "no"
-        if want:
-            color, shape = rng.choice(sorted(present))
-        else:  # half the time a hard negative: colour and shape both there, not together
-            hard = [(c, s) for c in {t.color for t in things} for s in {t.shape for t in things} if (c, s) not in present]
-            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
-            color, shape = rng.choice(sorted(hard) if hard and rng.random() < 0.5 else absent)
-        return rng.choice(["Is there a {} {}?", "Is there a {} {} in the image?"]).format(color, shape), "yes" if want else "no"
-    if kind == "where":
-        if not named:
-            return None
-        t, n = rng.choice(named)
-        return rng.choice(["Where is the {}?", "In which part of the image is the {}?"]).format(n), scene.place(t)
-    if kind == "what_at":
-        places = {}
-        for t in things:
-            places.setdefault(scene.place(t), []).append(t)
-        place = rng.choice(sorted(places))
-        if len(places[place]) != 1:
-            return None
-        t = places[place][0]
-        if rng.random() < 0.5:
-            return f"What shape is at the {place}?" if place != "center" else "What shape is in the center?", t.shape
-        return f"What color is the object at the {place}?" if place != "center" else "What color is the object in the center?", t.color
-    if kind == "relation":
-        cands = []
-        for (a, na), (b, nb) in permutations(named, 2):  # centres >= 10 px apart along the asked axis
-            if abs(a.cx - b.cx) >= 10:
-                cands += [(na, "to the left of", nb, a.cx < b.cx), (na, "to the right of", nb, a.cx > b.cx)]
-            if abs(a.cy - b.cy) >= 10:
-                cands += [(na, "above", nb, a.cy < b.cy), (na, "below", nb, a.cy > b.cy)]
-        want = rng.random() < 0.5
-        cands = [c for c in cands if c[3] == want]
-        if not cands:
-            return None
-        na, rel, nb, _ = rng.choice(cands)
-        if rng.random() < 0.3 and rel in ("to the left of", "above"):  # a choice between the two instead of yes/no
-            q = "Which is further left, the {} or the {}?" if rel == "to the left of" else "Which is higher, the {} or the {}?"
-            return q.format(na, nb), na if want else nb
-        return f"Is the {na} {rel} the {nb}?", "yes" if want else "no"
-    if kind == "size":
-        sized = [(t, n, s) for t, n in named if (s := _size_word(scene, t))]
-        if not sized:
-            return None
-        t, n, s = rng.choice(sized)
-        big = rng.choice(["large", "big"])
-        return f"Is the {n} {big} or small?", big if s == "large" else s
-    if kind == "more":
-        a, b = rng.sample(SHAPES, 2) if rng.random() < 0.3 else rng.sample(sorted({t.shape for t in things}) + [rng.choice(SHAPES)], 2)
-        if a == b:
-            return None
-        na, nb = sum(t.shape == a for t in things), sum(t.shape == b for t in things)
-        if na == nb and rng.random() < 0.7:
-            return None
-        return f"Are there more {_plural(a)} than {_plural(b)}?", "yes" if na > nb else "no"
-    if kind == "same_color":
-        if len(named) < 2:
-            return None
-        (a, na), (b, nb) = rng.sample(named, 2)
-        return f"Are the {na} and the {nb} the same color?", "yes" if a.color == b.color else "no"
-    raise ValueError(f"unknown question kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if kind not in _ASKERS:
+        raise ValueError(f"unknown question kind {kind!r}; kinds: {', '.join(KINDS)}")
+    named = [(t, n) for t in scene.things if (n := unique_name(scene, t))]
+    return _ASKERS[kind](rng, scene, named)
 
 
 def caption(scene: Scene) -> str:
@@ -311,8 +347,7 @@ def question_record(root: Path, ident: str, scene: Scene, pair: tuple[str, str],
 
 def generate(out_dir: str | Path, num_train: int = 16000, num_test: int = 220, seed: int = 0) -> SyntheticPaths:
     """Images and the three JSON files; test questions round-robin over the kinds."""
-    if num_train < 0 or num_test < 0:
-        raise ValueError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
+    check_counts(num_train, num_test)
     paths = SyntheticPaths.in_folder(Path(out_dir))
     (paths.root / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
