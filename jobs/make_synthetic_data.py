@@ -8,7 +8,7 @@
     python -m jobs.make_synthetic_data --varied --out data/varied --num-train 16000 --num-test 220
 
 --drill NAME writes one question family on varied scenes (llava_platform.data.drills: between,
-between_color, between_color_shape, side, count), what jobs.refresh_base trains a base on:
+between_color, between_color_shape, relation, side, count), what jobs.refresh_base trains a base on:
 
     python -m jobs.make_synthetic_data --drill between --out data/between --num-train 20000 --num-test 300
 """
