@@ -30,6 +30,7 @@ from llava_platform.config import TrainJobSpec, load
 from llava_platform.data.records import Record, RecordError, parse_record
 from llava_platform.data.samples import EncodedSample, SampleEncoder
 from llava_platform.eval.heldout import answer_held_out
+from llava_platform.model.builder import ModelBundle
 from llava_platform.model.checkpoint import load_checkpoint, save_checkpoint
 from llava_platform.train.loop import train
 
@@ -50,7 +51,7 @@ class EncodedOnDemand(Sequence[EncodedSample]):
         return encoder.encode(record)
 
 
-def read_part(part: str, encoder_for) -> list[tuple[SampleEncoder, Record]]:
+def read_part(part: str, bundle: ModelBundle) -> list[tuple[SampleEncoder, Record]]:
     """FOLDER[:COUNT] -> its first COUNT records, parsed, each image checked to exist."""
     name, colon, count = part.rpartition(":")
     folder, count = (Path(name), count) if colon else (Path(part), "")
@@ -61,7 +62,7 @@ def read_part(part: str, encoder_for) -> list[tuple[SampleEncoder, Record]]:
     if count and not (count.isdigit() and 0 < int(count) <= len(raw)):
         raise ValueError(f"--data {part}: COUNT must be a whole number from 1 to {len(raw)} (the records there)")
     records = [parse_record(r, i) for i, r in enumerate(raw[: int(count) if count else None])]
-    encoder = encoder_for(folder)
+    encoder = SampleEncoder(bundle.processor, bundle.template, folder)
     for record in records:
         for image in record.images:
             if not encoder.image_path(image).is_file():
@@ -84,13 +85,9 @@ def main() -> None:
     torch.manual_seed(0)
     recipe = load(args.config, TrainJobSpec, [f"train.max_steps={args.steps}", f"train.output_dir={args.out}"]).train
     bundle = load_checkpoint(args.base)
-
-    def encoder_for(folder: Path) -> SampleEncoder:
-        return SampleEncoder(bundle.processor, bundle.template, folder)
-
     pairs = []
     for part in args.data:
-        pairs += (got := read_part(part, encoder_for))
+        pairs += (got := read_part(part, bundle))
         print(f"{part}: {len(got)} records", flush=True)
     random.Random(0).shuffle(pairs)
     start = time.perf_counter()

@@ -38,14 +38,18 @@ __all__ = ["DRILLS", "color_name", "generate_drill", "side_question"]
 Question = tuple[str, str]  # (question, answer)
 
 
+def _color_is_unique(scene: Scene, thing: Thing) -> bool:
+    return sum(o.color == thing.color for o in scene.things) == 1
+
+
 def color_name(scene: Scene, thing: Thing) -> str | None:
     """"red object" where no other object is red, else None."""
-    return f"{thing.color} object" if sum(o.color == thing.color for o in scene.things) == 1 else None
+    return f"{thing.color} object" if _color_is_unique(scene, thing) else None
 
 
 def color_shape_name(scene: Scene, thing: Thing) -> str | None:
     """"red star" where no other object is red, else None."""
-    return f"{thing.color} {thing.shape}" if sum(o.color == thing.color for o in scene.things) == 1 else None
+    return f"{thing.color} {thing.shape}" if _color_is_unique(scene, thing) else None
 
 
 NAMINGS: dict[str, Callable[[Scene, Thing], str | None]] = {
@@ -55,9 +59,14 @@ NAMINGS: dict[str, Callable[[Scene, Thing], str | None]] = {
 }
 
 
+def _named(scene: Scene, naming: str) -> list[tuple[Thing, str]]:
+    """The objects this naming can name alone, with their names."""
+    return [(t, n) for t in scene.things if (n := NAMINGS[naming](scene, t))]
+
+
 def side_question(rng: random.Random, scene: Scene, naming: str = "shortest") -> Question | None:
     """About a named object in the left / right (or top / bottom) third; None if the pick is in the middle one."""
-    named = [(t, n) for t in scene.things if (n := NAMINGS[naming](scene, t))]
+    named = _named(scene, naming)
     if not named:
         return None
     thing, name = rng.choice(named)
@@ -75,7 +84,7 @@ def side_question(rng: random.Random, scene: Scene, naming: str = "shortest") ->
 def between_question(rng: random.Random, scene: Scene, naming: str) -> Question | None:
     """Where one named object is from another, along x or y; None when fewer than two are named or the
     centres are under 10 px apart on the drawn axis (no borderline answers)."""
-    named = [(t, n) for t in scene.things if (n := NAMINGS[naming](scene, t))]
+    named = _named(scene, naming)
     if len(named) < 2:
         return None
     (a, name_a), (b, name_b) = rng.sample(named, 2)
