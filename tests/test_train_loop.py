@@ -57,7 +57,8 @@ def test_accumulation_gives_the_same_update(tiny_bundle, count_samples):
 
 def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bundle, tmp_path):
     """train.strategy.answer_loss gives transformers' causal-LM loss and gradients, running the LM head
-    on the positions whose next token is labelled: here multi-turn QA of different lengths, padded."""
+    on the positions whose next token is labelled: here multi-turn QA of different lengths, padded.
+    It leaves out the attention mask (right padding: no real token sees a pad); the reference keeps it."""
     from llava_platform.data.collate import collate
     from llava_platform.train.strategy import answer_loss
 
@@ -69,6 +70,9 @@ def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bu
     model = copy.deepcopy(tiny_bundle.model).train()
     head_rows = []
     model.lm_head.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
+    masks = []
+    model.model.language_model.register_forward_pre_hook(lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")),
+                                                          with_kwargs=True)  # fmt: skip
 
     def loss_and_grads(loss_fn):
         model.zero_grad()
@@ -83,6 +87,7 @@ def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bu
     assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, expected_grads))
     answers = int((batch["labels"][:, 1:] != -100).sum())
     assert head_rows == [batch["labels"].numel(), answers]  # all B x T positions, then only the answers'
+    assert masks[0] is batch["attention_mask"] and masks[1] is None
     assert answers < 0.3 * batch["labels"].numel()
 
 

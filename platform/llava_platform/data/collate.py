@@ -2,6 +2,7 @@
 
     batch = collate(samples, pad_token_id)
     input_ids, attention_mask, labels  (B, T_max)   padded on the right; labels -100 on padding
+                                       (training drops the mask: right padding is what makes that exact)
     pixel_values                       (I, 3, S, S) every image of the batch, in sample order
                                        anyres: (I, P_max, 3, S, S), patches zero-padded (image_sizes says how many are real)
     image_sizes                        (I, 2)       anyres only

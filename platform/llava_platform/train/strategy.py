@@ -56,10 +56,16 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     vocabulary. `model` is whatever wraps the LLaVA model (DDP, a DeepSpeed engine, peft): each passes
     the keyword arguments through. use_cache=False: the LLM's config (saved with the model, for
     generation) says True, and a training forward has no use for a KV cache.
+
+    The attention mask is left out: a training batch is right-padded (data.collate), and in a causal
+    LM a position sees only those before it, so no real token ever sees a pad and every labelled
+    position's logits are the same with or without the mask (pads carry no label). Without it SDPA
+    runs causal (its flash kernel) instead of the memory-efficient kernel over a (B, 1, T, T) mask,
+    and transformers skips the device -> host read of the mask that looks for padding each forward.
     """
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "attention_mask")}
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     return F.cross_entropy(logits.float(), targets[keep])
 
