@@ -32,7 +32,7 @@ import torch
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, TrainJobSpec, load
 from llava_platform.data import varied_scenes
-from llava_platform.data.drills import NAMINGS, side_question
+from llava_platform.data.drills import NAMINGS, objects_kind, side_question
 from llava_platform.data.images import load_image
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
@@ -45,10 +45,6 @@ RECIPE = Path(__file__).resolve().parents[1] / "jobs/configs/tiny_finetune.yaml"
 TINY_BASE = Path(__file__).resolve().parents[1] / "jobs/assets/tiny-base"
 
 
-def count_kind(objects: int) -> str:
-    return f"{objects} object" + ("s" if objects > 1 else "")
-
-
 def write_split(folder: Path, prefix: str, count: int, rng: random.Random, naming: str) -> Path:
     """`count` scenes with one side question each, as LLaVA JSON (kind: "1 object", "2 objects", ...; gold in "answer")."""
     records = []
@@ -56,7 +52,7 @@ def write_split(folder: Path, prefix: str, count: int, rng: random.Random, namin
         scene = varied_scenes.sample_scene(rng)
         if (pair := side_question(rng, scene, naming)) is None:
             continue
-        ident, kind = f"{prefix}_{len(records):05d}", count_kind(len(scene.things))
+        ident, kind = f"{prefix}_{len(records):05d}", objects_kind(len(scene.things))
         records.append(varied_scenes.question_record(folder, ident, scene, pair, kind, rng))
     path = folder / f"{prefix}.json"
     path.write_text(json.dumps(records, indent=1))

@@ -33,23 +33,24 @@ from llava_platform.data import varied_scenes
 from llava_platform.data.synthetic import check_counts, conversation
 from llava_platform.data.varied_scenes import Scene, Thing
 
-__all__ = ["DRILLS", "color_name", "generate_drill", "side_question"]
+__all__ = ["DRILLS", "color_name", "generate_drill", "objects_kind", "side_question"]
 
 Question = tuple[str, str]  # (question, answer)
 
 
-def _color_is_unique(scene: Scene, thing: Thing) -> bool:
-    return sum(o.color == thing.color for o in scene.things) == 1
+def objects_kind(objects: int) -> str:
+    """A held-out record's kind by scene size: "1 object", "2 objects", ..."""
+    return f"{objects} object" + ("s" if objects > 1 else "")
 
 
 def color_name(scene: Scene, thing: Thing) -> str | None:
     """"red object" where no other object is red, else None."""
-    return f"{thing.color} object" if _color_is_unique(scene, thing) else None
+    return f"{thing.color} object" if varied_scenes.has_unique_color(scene, thing) else None
 
 
 def color_shape_name(scene: Scene, thing: Thing) -> str | None:
     """"red star" where no other object is red, else None."""
-    return f"{thing.color} {thing.shape}" if _color_is_unique(scene, thing) else None
+    return f"{thing.color} {thing.shape}" if varied_scenes.has_unique_color(scene, thing) else None
 
 
 NAMINGS: dict[str, Callable[[Scene, Thing], str | None]] = {
@@ -146,7 +147,7 @@ def generate_drill(out_dir: str | Path, drill: str, num_train: int, num_test: in
         scene = varied_scenes.sample_scene(rng)
         if (pair := spec.ask(rng, scene)) is None:
             continue
-        kind = f"{drill} {len(scene.things)} object" + ("s" if len(scene.things) > 1 else "")
+        kind = f"{drill} {objects_kind(len(scene.things))}"
         test.append(varied_scenes.question_record(root, f"test_{len(test):05d}", scene, pair, kind, rng))
     while len(finetune) < num_train:
         scene = varied_scenes.sample_scene(rng)

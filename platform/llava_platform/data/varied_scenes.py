@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from llava_platform.data.synthetic import SyntheticPaths, check_counts, conversation
 
-__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "unique_name", "ask", "scene_json", "question_record", "generate"]
+__all__ = ["SHAPES", "COLORS", "KINDS", "Thing", "Scene", "sample_scene", "draw", "caption", "has_unique_color", "unique_name", "ask", "scene_json", "question_record", "generate"]
 
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "ring", "cross", "hexagon", "rectangle", "bar"]
 COLORS = {
@@ -177,6 +177,11 @@ def _size_word(scene: Scene, t: Thing) -> str | None:
     return None
 
 
+def has_unique_color(scene: Scene, t: Thing) -> bool:
+    """No other object of the scene has t's colour ("the red object" picks it out)."""
+    return sum(o.color == t.color for o in scene.things) == 1
+
+
 def unique_name(scene: Scene, t: Thing) -> str | None:
     """The shortest of "star", "red star" that picks t out alone, or None."""
     for words in ([t.shape], [t.color, t.shape]):
@@ -203,7 +208,7 @@ def _ask_color(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str
 
 
 def _ask_shape(rng: random.Random, scene: Scene, named: Named) -> tuple[str, str] | None:
-    by_color = [t for t in scene.things if sum(o.color == t.color for o in scene.things) == 1]
+    by_color = [t for t in scene.things if has_unique_color(scene, t)]
     if not by_color:
         return None
     t = rng.choice(by_color)
