@@ -80,7 +80,7 @@ def measure(spec: TrainJobSpec, samples, device: torch.device, warmup: int, peak
     profiler = profile(activities=activities, schedule=schedule(wait=measured, warmup=1, active=profile_steps)) if profile_steps else None
     history = []
     with profiler or contextlib.nullcontext():
-        for metrics in run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id, start_step=0,
+        for metrics in run_steps(setup.runner, batches, processor=setup.bundle.processor, start_step=0,
                                  total_steps=plan.total_steps, accumulation=plan.accumulation, peak_tflops=peak_tflops):  # fmt: skip
             history.append(metrics)
             if profiler:

@@ -65,7 +65,7 @@ def read_part(part: str, bundle: ModelBundle) -> list[tuple[SampleEncoder, Recor
     encoder = SampleEncoder(bundle.processor, bundle.template, folder)
     for record in records:
         for image in record.images:
-            if not encoder.image_path(image).is_file():
+            if not Path(encoder.image_path(image)).is_file():
                 raise RecordError(record.id, f"image {encoder.image_path(image)} is missing")
     return [(encoder, r) for r in records]
 

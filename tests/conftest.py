@@ -19,13 +19,13 @@ def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def run_job(module: str, *args: str, stdin: str | None = None, timeout: int = 300):
-    """Run `python -m jobs.<module>` from the repo root, as a user would."""
+def run_job(module: str, *args: str, stdin: str | None = None, timeout: int = 300, env: dict[str, str] | None = None):
+    """Run `python -m jobs.<module>` from the repo root, as a user would (`env`: more environment, e.g. RAY_ADDRESS)."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, "-m", f"jobs.{module}", *args],
-        cwd=REPO, input=stdin, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, input=stdin, capture_output=True, text=True, timeout=timeout, env=ray_env(**(env or {})),
     )  # fmt: skip
 
 
@@ -131,7 +131,91 @@ def ray_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(tmp_path_factory, s3_server):
+    """The shared two-node cluster; started after the S3 server, so its nodes have the store's credentials in their
+    environment, as a cluster's nodes have theirs."""
     cluster = RayCluster(tmp_path_factory.mktemp("cluster"))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_client(ray_cluster):
+    """This test process as a driver of the shared cluster, for in-process calls of the library's Ray code."""
+    import os
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=ray_cluster.gcs, logging_level="WARNING", log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    yield ray_cluster
+    ray.shutdown()
+
+
+class S3Server:
+    """A local S3-compatible server (moto's), for object-store tests: `python -m moto.server` in its own
+    process group. `env` holds the credentials a user's shell would export; `storage` reaches it."""
+
+    BUCKET = "llava"
+
+    def __init__(self, root: Path):
+        import subprocess
+        import time
+        import urllib.request
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": "us-east-1"}
+        log = open(root / "moto.log", "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)
+                break
+            except OSError:
+                if self.process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto server did not start:\n{(root / 'moto.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        import os
+
+        os.environ.update(self.env)  # this process (and a local Ray it starts) reaches the store like a user's shell
+        import boto3
+
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        self.client.create_bucket(Bucket=self.BUCKET)
+
+    @property
+    def storage(self):
+        from llava_platform.config import StorageSpec
+        from llava_platform.storage import Storage
+
+        return Storage(StorageSpec(endpoint_url=self.endpoint))
+
+    def upload_folder(self, folder: Path, prefix: str) -> str:
+        """Every file under `folder` to s3://llava/<prefix>/...; returns that URI."""
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            self.client.upload_file(str(path), self.BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        return f"s3://{self.BUCKET}/{prefix}"
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, Exception):
+            pass
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()

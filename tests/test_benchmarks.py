@@ -45,7 +45,7 @@ def test_train_throughput_runs_a_shipped_7b_spec_on_tiny_shapes():
 
 
 @pytest.mark.parametrize("script", ["grid_scenes", "free_scenes", "sealed_scenes"])
-def test_transfer_sets_are_datasets_the_platform_trains_on(tmp_path, script):
+def test_transfer_sets_are_datasets_the_platform_trains_on(tmp_path, script, ray_cluster):
     """The sets the tiny base is scored on (README): written as documented, and passing jobs.validate_data."""
     from conftest import run_job
     from llava_platform.data.records import read_records
@@ -58,7 +58,8 @@ def test_transfer_sets_are_datasets_the_platform_trains_on(tmp_path, script):
     assert len(test) == 12 and all(r.extra["answer"] == r.messages[1].content for r in test)
     if script != "grid_scenes":  # the two later sets name each question's kind, for the demo's by-kind scores
         assert len({r.extra["kind"] for r in test}) >= 4
-    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct")
+    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct",
+                      "--cache-dir", str(tmp_path / "cache"), env={"RAY_ADDRESS": ray_cluster.gcs})  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "40 samples, 40 ok, 0 with problems" in checked.stdout
 

@@ -32,3 +32,13 @@ def test_anyres_patches_are_zero_padded():
     assert batch["pixel_values"].shape == (2, 5, 3, 4, 4)
     assert torch.equal(batch["pixel_values"][0, :3], a.pixel_values[0]) and not batch["pixel_values"][0, 3:].any()
     assert batch["image_sizes"].tolist() == [[4, 12], [4, 20]]
+
+
+def test_a_batch_without_images_gets_the_filler_row_and_no_label_from_it():
+    """The filler (samples.blank_sample) is one more row, only when no sample has an image; it has no label."""
+    text, filler = sample(5, images=0), EncodedSample("<blank image>", [9] * 7, [IGNORE_INDEX] * 7, torch.zeros(1, 3, 4, 4), None)
+    batch = collate([text, sample(3, images=0)], pad_token_id=0, filler=filler)
+    assert batch["input_ids"].shape == (3, 7) and batch["input_ids"][2].tolist() == [9] * 7
+    assert (batch["labels"][2] == IGNORE_INDEX).all() and batch["pixel_values"].shape == (1, 3, 4, 4)
+    with_image = collate([text, sample(3)], pad_token_id=0, filler=filler)
+    assert with_image["input_ids"].shape[0] == 2  # an image already runs the tower: no filler

@@ -124,13 +124,14 @@ def test_bad_arguments_say_what_to_change(tmp_path):
         generate_drill(tmp_path, "side", -1)
 
 
-def test_cli_writes_a_drill_that_validates(tmp_path):
+def test_cli_writes_a_drill_that_validates(tmp_path, ray_cluster):
     out = tmp_path / "d"
     result = run_job("make_synthetic_data", "--drill", "between", "--out", str(out), "--num-train", "12", "--num-test", "4")
     assert result.returncode == 0, result.stderr
     assert "finetune: 12 records" in result.stdout and "test: 4 records" in result.stdout and "pretrain" not in result.stdout
     assert len(list((out / "images").glob("*.png"))) == 16
-    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct")
+    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct",
+                      "--cache-dir", str(tmp_path / "cache"), env={"RAY_ADDRESS": ray_cluster.gcs})  # fmt: skip
     assert checked.returncode == 0 and "12 samples, 12 ok, 0 with problems" in checked.stdout, checked.stdout + checked.stderr
 
     refused = run_job("make_synthetic_data", "--drill", "side", "--image-size", "96", "--out", str(tmp_path / "e"))

@@ -29,8 +29,11 @@ def test_stage_policies(model):
     assert trainable_components(model) == {"vision_tower": {False}, "projector": {True}, "llm": {True}}
     assert summary["vision_tower"].startswith("0.00M/") and summary["llm"].split("/")[0] == summary["llm"].split("/")[1]
     apply_freeze(model, "pretrain", train_vision_tower=True)
-    assert trainable_components(model) == {"vision_tower": {True}, "projector": {True}, "llm": {False}}
+    assert trainable_components(model) == {"vision_tower": {True, False}, "projector": {True}, "llm": {False}}
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    # the tiny tower's features are its last layer's output: only the post-norm (of the pooled CLS) never trains
+    frozen_tower = {n for n, p in model.named_parameters() if component_of(n) == "vision_tower" and not p.requires_grad}
+    assert frozen_tower == {"model.vision_tower.post_layernorm.weight", "model.vision_tower.post_layernorm.bias"}
     assert "lm_head.weight" not in trained and "model.multi_modal_projector.linear_2.bias" in trained
 
 
@@ -70,6 +73,7 @@ def test_lora_finetune_keeps_peft_choice(model):
     apply_freeze(peft_model, "finetune", train_vision_tower=True)
     now = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert now - chosen == {n for n in now if component_of(n) == "vision_tower"} and now - chosen
+    assert not any("post_layernorm" in n for n in now)
     groups = {g["name"]: g for g in param_groups(peft_model, lr=2e-4, projector_lr=1e-3)}
     # adapters are matrices and Llama has no biases: no llm_no_decay group
     assert set(groups) == {"llm", "projector", "projector_no_decay", "vision_tower", "vision_tower_no_decay"}

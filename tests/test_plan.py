@@ -1,12 +1,14 @@
-"""The data plan: every sample once per epoch, workers disjoint, a resume skips exactly the trained steps."""
+"""The data plan: every sample once per epoch, workers disjoint, a step the same samples whatever the worker
+count, a resume skips exactly the trained steps."""
 
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from llava_platform.config import TrainSpec
-from llava_platform.train.plan import DataPlan, grouped_micro_batches
+from llava_platform.train.plan import DataPlan
 
 
 def plan(**kw) -> DataPlan:
@@ -21,14 +23,14 @@ def test_epochs_are_permutations_and_steps_cover_the_global_batch():
     assert len(order) == 25 * 16
     assert sorted(order[:203]) == list(range(203))  # the first epoch is a permutation
     second = order[203:]
-    assert len(set(second)) == len(second) and second != order[: len(second)]  # a fresh permutation
-    assert max(Counter(order).values()) == 2
-    assert p.order() == order and plan(seed=4).order() != order
+    assert len(set(second.tolist())) == len(second) and not np.array_equal(second, order[: len(second)])  # a fresh one
+    assert max(Counter(order.tolist()).values()) == 2
+    assert np.array_equal(p.order(), order) and not np.array_equal(plan(seed=4).order(), order)
 
 
 def test_workers_take_disjoint_contiguous_slices_of_each_step():
     p = plan()
-    r0, r1 = p.worker_positions(0), p.worker_positions(1)
+    r0, r1 = p.worker_positions(0).tolist(), p.worker_positions(1).tolist()
     assert len(r0) == len(r1) == p.total_steps * p.rows_per_worker_step
     assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(p.total_steps * 16))
     assert r0[:8] == list(range(8)) and r1[:8] == list(range(8, 16))  # step 1: rank 0 first half, rank 1 second
@@ -49,59 +51,52 @@ def test_max_steps_is_a_budget_whatever_the_dataset_size():
     for size in (40, 203, 5000):  # 12 epochs of the small set, a fraction of the large one
         p = DataPlan.for_spec(size, spec, workers=2)
         assert p.total_steps == 30 and len(p.order()) == 30 * 16 and p.passes == pytest.approx(30 * 16 / size)
-        assert len(p.worker_records(0)) == len(p.worker_records(1)) == 30 * 8
-    small = DataPlan.for_spec(40, spec, workers=2).order()
+        assert len(p.worker_samples(0)) == len(p.worker_samples(1)) == 30 * 8
+    small = DataPlan.for_spec(40, spec, workers=2).order().tolist()
     assert Counter(small) == {i: 12 for i in range(40)}  # every sample equally often: whole permutations
 
 
-def rows_for(p: DataPlan, rank: int, lengths: list[int], has_image: list[bool]):
-    order = p.order()
-    return [(order[pos], lengths[order[pos]], has_image[order[pos]]) for pos in p.worker_positions(rank)]
+def features(seed=0, n=203):
+    rng = random.Random(seed)
+    return np.array([rng.randint(20, 400) for _ in range(n)]), np.array([i % 5 != 0 for i in range(n)])
 
 
-def micro_batches(p, rows, start_step=0, window=4):
-    return list(grouped_micro_batches(iter(rows), p, length=lambda r: r[1], has_image=lambda r: r[2],
-                                      window_micro_batches=window, start_step=start_step))  # fmt: skip
-
-
-def test_grouping_keeps_each_step_on_its_samples_and_cuts_padding():
-    rng = random.Random(0)
-    lengths = [rng.randint(20, 400) for _ in range(203)]
-    has_image = [i % 5 != 0 for i in range(203)]
+def test_grouping_keeps_each_window_on_its_samples_and_cuts_padding():
+    lengths, has_image = features()
     p = plan()
-    rows = rows_for(p, 0, lengths, has_image)
-    batches = micro_batches(p, rows)
-    assert all(len(b) == 4 for b in batches) and len(batches) == p.total_steps * p.accumulation
+    rows = p.worker_samples(0)
+    batches = p.micro_batches(0, lengths, has_image, window_micro_batches=4)
+    assert batches.shape == (p.total_steps * p.accumulation, 4)
     # a window (here 2 steps) is regrouped internally, but never mixes samples across windows
     window_rows = p.window_steps(4) * p.rows_per_worker_step
     for w in range(0, len(rows), window_rows):
-        got = sorted(r[0] for b in batches[w // 4 : (w + window_rows) // 4] for r in b)
-        assert got == sorted(r[0] for r in rows[w : w + window_rows])
+        got = sorted(batches[w // 4 : (w + window_rows) // 4].ravel().tolist())
+        assert got == sorted(rows[w : w + window_rows].tolist())
     # modality groups: at most one mixed micro-batch per window
-    mixed = sum(len({r[2] for r in b}) > 1 for b in batches)
+    mixed = sum(len(set(has_image[b].tolist())) > 1 for b in batches)
     assert mixed <= len(rows) // window_rows + 1
 
     def waste(bs):
-        return sum(max(r[1] for r in b) * len(b) - sum(r[1] for r in b) for b in bs)
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in bs)
 
-    plain = [rows[i : i + 4] for i in range(0, len(rows), 4)]
-    assert waste(micro_batches(p, rows, window=16)) < waste(plain) / 2
+    assert waste(p.micro_batches(0, lengths, has_image, window_micro_batches=16)) < waste(rows.reshape(-1, 4)) / 2
+
+
+def test_a_step_holds_the_same_samples_whatever_the_worker_count():
+    """With a window of one step (length_grouping_window <= accumulation), step s trains the same samples on 1 or 2
+    workers: only the cut into micro-batches differs (the loss is normalised per step: train/strategy.py)."""
+    lengths, has_image = features(1)
+    one, two = plan(workers=1, epochs=1.0), plan(workers=2, epochs=1.0)  # 16 = 4 x 4 x 1 = 4 x 2 x 2
+    single = one.micro_batches(0, lengths, has_image, window_micro_batches=1).reshape(one.total_steps, -1)
+    split = [two.micro_batches(r, lengths, has_image, window_micro_batches=1).reshape(two.total_steps, -1) for r in (0, 1)]
+    for step in range(one.total_steps):
+        assert sorted(single[step].tolist()) == sorted(split[0][step].tolist() + split[1][step].tolist())
 
 
 def test_resume_skips_exactly_the_trained_steps():
-    lengths = [(i * 37) % 101 + 1 for i in range(203)]
-    has_image = [True] * 203
+    lengths, has_image = features(2)
     p = plan()
-    rows = rows_for(p, 1, lengths, has_image)
-    full = micro_batches(p, rows)
+    full = p.micro_batches(1, lengths, has_image)
     for start in (1, 2, 3, 7, 24):
-        resumed = micro_batches(p, rows, start_step=start)
-        assert resumed == full[start * p.accumulation :], start
-    assert micro_batches(p, rows, start_step=p.total_steps) == []
-
-
-def test_rows_ending_mid_step_are_an_error():
-    p = plan(epochs=1.0)
-    rows = rows_for(p, 0, [10] * 203, [True] * 203)[:-1]
-    with pytest.raises(ValueError, match="ended mid-step"):
-        micro_batches(p, rows)
+        assert np.array_equal(p.micro_batches(1, lengths, has_image, start_step=start), full[start * p.accumulation :])
+    assert p.micro_batches(1, lengths, has_image, start_step=p.total_steps).shape == (0, 4)

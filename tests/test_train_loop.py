@@ -56,17 +56,20 @@ def test_accumulation_gives_the_same_update(tiny_bundle, count_samples):
 
 
 def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bundle, tmp_path):
-    """train.strategy.answer_loss gives transformers' causal-LM loss and gradients, running the LM head
-    on the positions whose next token is labelled: here multi-turn QA of different lengths, padded.
+    """train.strategy.answer_loss_sum / labelled tokens gives transformers' causal-LM loss and gradients, running
+    the LM head on the positions whose next token is labelled: here multi-turn QA of different lengths, padded.
     It leaves out the attention mask (right padding: no real token sees a pad); the reference keeps it."""
     from llava_platform.data.collate import collate
-    from llava_platform.train.strategy import answer_loss
+    from llava_platform.data.images import PixelNormalizer
+    from llava_platform.train.strategy import answer_loss_sum, labelled_tokens
 
     paths = generate(tmp_path, num_train=6, num_test=0, seed=1)
     encoder = SampleEncoder(tiny_bundle.processor, tiny_bundle.template, paths.image_folder)
     samples = [encoder.encode(parse_record(r)) for r in json.loads(paths.finetune.read_text())]
     assert len({len(s.input_ids) for s in samples}) > 1  # padding inside the batch
     batch = collate(samples, tiny_bundle.tokenizer.pad_token_id)
+    assert batch["pixel_values"].dtype == torch.uint8  # pixels travel as uint8, become floats on the device
+    batch["pixel_values"] = PixelNormalizer(tiny_bundle.processor.image_processor)(batch["pixel_values"])
     model = copy.deepcopy(tiny_bundle.model).train()
     head_rows = []
     model.lm_head.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
@@ -81,7 +84,7 @@ def test_answer_loss_is_the_models_loss_with_the_lm_head_on_answers_only(tiny_bu
         return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     expected, expected_grads = loss_and_grads(lambda: model(**batch, use_cache=False).loss)
-    loss, grads = loss_and_grads(lambda: answer_loss(model, batch))
+    loss, grads = loss_and_grads(lambda: answer_loss_sum(model, batch) / labelled_tokens(batch["labels"]))
     assert loss == pytest.approx(expected, rel=1e-5)
     assert len(grads) == len(expected_grads) > 20
     assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, expected_grads))
@@ -146,7 +149,7 @@ def test_compiled_layers_and_partial_checkpointing_train_like_eager(tiny_bundle,
         batches = sample_batches(count_samples, plan, rank=0, window=spec.train.length_grouping_window)
         llm = setup.bundle.model.model.language_model
         llm.register_forward_hook(lambda module, args, output: caches.append(output.past_key_values))
-        history = run_steps(setup.runner, batches, pad_token_id=tiny_bundle.tokenizer.pad_token_id, start_step=0,
+        history = run_steps(setup.runner, batches, processor=tiny_bundle.processor, start_step=0,
                             total_steps=plan.total_steps, accumulation=plan.accumulation)  # fmt: skip
         return setup.bundle.model, [x for m in history for x in (m.loss, m.grad_norm)]
 

@@ -26,6 +26,7 @@ __all__ = [
     "ComponentsSpec",
     "LoraSpec",
     "ModelSpec",
+    "StorageSpec",
     "DataSpec",
     "SamplingSpec",
     "TrainSpec",
@@ -131,14 +132,36 @@ class ModelSpec(StrictModel):
         return self
 
 
+# --------------------------------------------------------------------------- storage
+
+
+class StorageSpec(StrictModel):
+    """How s3:// (and S3-compatible) and gs:// paths are reached; credentials come from the environment
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an instance role; GOOGLE_APPLICATION_CREDENTIALS)."""
+
+    endpoint_url: str | None = Field(
+        None, pattern=r"^https?://[^/]+/?$",
+        description="S3-compatible store to use instead of AWS, e.g. http://minio.internal:9000",
+    )  # fmt: skip
+    region: str | None = Field(None, description="S3 region (default: the SDK's, from AWS_REGION or the bucket)")
+    anonymous: bool = Field(False, description="read public buckets without credentials")
+
+
 # --------------------------------------------------------------------------- data
 
 
 class DataSpec(StrictModel):
     """A LLaVA-format dataset: JSON list or JSONL of {id, image?, conversations}."""
 
-    path: str = Field(description="LLaVA JSON (.json, a list) or JSONL (.jsonl) file")
-    image_folder: str | None = Field(None, description="folder that the records' `image` paths are relative to")
+    path: str = Field(description="LLaVA JSON (.json, a list), JSONL (.jsonl) or Parquet (.parquet) file: a local path "
+                      "or a URI (s3://, gs://)")
+    image_folder: str | None = Field(
+        None, description="folder or URI prefix that the records' `image` paths are relative to"
+    )
+    cache_dir: str | None = Field(
+        None, description="where the records' shards and the data check's results are kept between runs (a path every "
+        "node reaches, or a URI); default: <run.storage_path>/data_cache"
+    )
     max_length: int = Field(2048, gt=0, description="samples longer than this many tokens (images expanded) are truncated")
     max_image_pixels: int = Field(
         89_478_485, gt=0, description="images with more pixels are refused as decompression bombs (PIL's default)"
@@ -155,13 +178,16 @@ class DataSpec(StrictModel):
     template: str | None = Field(
         None, description="template the training conversations are rendered with (plain in stage 1); default: the model's"
     )
-    preprocess_workers: int = Field(4, gt=0, description="most Ray Data tasks decoding images and tokenising at once")
+    preprocess_workers: int = Field(
+        4, gt=0, description="most Ray Data tasks decoding images and tokenising at once for each training worker (the "
+        "data check before training runs this many x scaling.num_workers)"
+    )
     preprocess_cpus: float = Field(1.0, gt=0, description="logical CPUs each of those tasks reserves")
     cache_encoded: bool = Field(
         False,
-        description="keep what the data check encoded (Ray's object store) and replay it from the training worker's "
-        "memory every epoch (small datasets: a 96-px sample is ~110 KB, a 336-px one ~1.4 MB); false: stream, "
-        "re-encoding every epoch",
+        description="encode every sample once before training, keep it in Ray's object store and replay it from the "
+        "training worker's memory every epoch (small datasets: a 96-px sample is ~30 KB, a 336-px one ~350 KB; a set "
+        "that would not fit the object store is refused); false: stream, encoding every epoch",
     )
 
 
@@ -360,6 +386,7 @@ class TrainJobSpec(StrictModel):
     train: TrainSpec
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     run: RunSpec
+    storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainJobSpec":

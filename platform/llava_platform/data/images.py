@@ -31,8 +31,8 @@ else:
     from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
 
 __all__ = [
-    "ImageError", "load_image", "anyres_pinpoints", "ANYRES_336_PINPOINTS", "IMAGE_MODES",
-    "build_image_processor", "preprocess_images", "pad_patches", "DEFAULT_MAX_PIXELS",
+    "ImageError", "ImageNotFound", "load_image", "anyres_pinpoints", "ANYRES_336_PINPOINTS", "IMAGE_MODES",
+    "build_image_processor", "preprocess_images", "pad_patches", "DEFAULT_MAX_PIXELS", "PixelNormalizer",
 ]  # fmt: skip
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
@@ -44,6 +44,14 @@ class ImageError(ValueError):
     """An image cannot be used; the message names the file and the fix."""
 
 
+class ImageNotFound(ImageError):
+    """No file where an image should be (the data check reports it as missing_image, not unreadable_image)."""
+
+    @classmethod
+    def at(cls, path) -> "ImageNotFound":
+        return cls(f"image not found: {path}; check the path and data.image_folder")
+
+
 def _name(source) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
@@ -52,19 +60,20 @@ def _name(source) -> str:
     return f"<{'bytes' if isinstance(source, (bytes, bytearray)) else type(source).__name__} image>"
 
 
-def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A decoded RGB image, or ImageError naming the file and the fix.
+def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> Image.Image:  # fmt: skip
+    """A decoded RGB image, or ImageError naming the file (or `name`, e.g. the URI bytes came from) and the fix.
 
     The size is checked from the header before any pixel is decoded. PIL itself also refuses
     images over 2 * PIL.Image.MAX_IMAGE_PIXELS (and warns over 1x): to load larger ones raise
     that too, not only max_pixels.
     """
-    name = _name(source)
+    name = name or _name(source)
     if isinstance(source, Image.Image):
         return _decode(source, name, max_pixels)  # the caller's image: not ours to close
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
-            raise ImageError(f"image not found: {name}; check the path and data.image_folder")
+            raise ImageNotFound.at(name)
         empty = Path(source).stat().st_size == 0
     elif isinstance(source, (bytes, bytearray)):
         empty = len(source) == 0
@@ -187,3 +196,24 @@ def preprocess_images(images: list[Image.Image], processor) -> dict[str, torch.T
     if not images:
         raise ValueError("preprocess_images got no images; pass a list of at least one PIL image")
     return dict(processor(images=list(images), return_tensors="pt"))
+
+
+class PixelNormalizer:
+    """uint8 pixels, as the image processor leaves them with do_rescale and do_normalize off, -> the model's
+    input, with the processor's own arithmetic (its PIL backend: x * rescale_factor in float64, then
+    (x - mean) / std in float32), so a training worker's pixels equal what the processor would have given.
+
+    Training data travels as uint8 (4x less in Ray's object store and on the way to the device) and
+    becomes float on the worker's device: pixels (..., 3, S, S) uint8 -> float32, cast to `dtype`.
+    """
+
+    def __init__(self, image_processor):
+        self.factor = float(image_processor.rescale_factor)
+        self.mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"PixelNormalizer takes uint8 pixels, got {pixels.dtype}")
+        scaled = (pixels.to(torch.float64) * self.factor).to(torch.float32)
+        return ((scaled - self.mean.to(pixels.device)) / self.std.to(pixels.device)).to(dtype)

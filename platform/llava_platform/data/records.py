@@ -2,7 +2,8 @@
 
 Parsing never stops at the first bad record: `read_records` yields a `Record` or
 a `BadRecord` (with the id and the reason) for every entry, so a whole file can
-be checked in one pass and every bad id named.
+be checked in one pass and every bad id named. `parse_raw` does the same for one
+entry's JSON text, as the data check's Ray Data tasks receive it from the shards.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava_platform.data.shards import iter_raw_entries
 from llava_platform.data.templates import IMAGE_PLACEHOLDER, Message
+from llava_platform.storage import Storage
 
-__all__ = ["Record", "BadRecord", "RecordError", "read_records", "parse_record"]
+__all__ = ["Record", "BadRecord", "RecordError", "read_records", "parse_record", "parse_raw"]
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -43,20 +46,21 @@ class BadRecord:
     reason: str
 
 
-def _record_id(raw: Any, index: int) -> str:
+def _record_id(raw: Any, fallback: int | str) -> str:
     if isinstance(raw, dict) and isinstance(raw.get("id"), (str, int)):
         return str(raw["id"])
-    return f"#{index}"  # no usable id: position in the file
+    return fallback if isinstance(fallback, str) else f"#{fallback}"  # no usable id: where it is in the file
 
 
-def parse_record(raw: Any, index: int = 0) -> Record:
+def parse_record(raw: Any, fallback_id: int | str = 0) -> Record:
     """Validate one raw record and normalise its image placeholders the way LLaVA does.
 
+    `fallback_id` names a record without a usable id: its position (#N) or a label such as "line 12".
     One image: the placeholder moves to the front of its turn as "<image>\\n" (added to the
     first user turn if the text has none). Several images: placeholders stay where they are
     and their count must equal the number of images.
     """
-    rid = _record_id(raw, index)
+    rid = _record_id(raw, fallback_id)
     if not isinstance(raw, dict):
         raise RecordError(rid, f"expected an object, got {type(raw).__name__}")
     convs = raw.get("conversations")
@@ -101,35 +105,23 @@ def _image_to_front(messages: list[Message]) -> list[Message]:
     return out
 
 
-def _raw_entries(path: Path) -> Iterator[tuple[int, Any]]:
-    """(index, raw record or a JSON error) for .json (a list) and .jsonl files."""
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield n, RecordError(f"line {n}", f"malformed JSON: {e.msg} at column {e.colno}")
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records (or use .jsonl with one record per line)")
-    yield from enumerate(data)
-
-
-def read_records(path: str | Path) -> Iterator[Record | BadRecord]:
-    """Every entry of a LLaVA JSON / JSONL file, parsed, or a BadRecord saying why not."""
-    path = Path(path)
-    if not path.exists():
+def read_records(path: str | Path, storage: Storage | None = None) -> Iterator[Record | BadRecord]:
+    """Every entry of a LLaVA JSON / JSONL / Parquet file (local or a URI), parsed, or a BadRecord saying why
+    not; streamed, so a large file is never held whole (training reads it through data/shards.py instead)."""
+    storage = storage or Storage()
+    if storage.stat(str(path)) is None:
         raise FileNotFoundError(f"dataset not found: {path}; check data.path")
-    for index, raw in _raw_entries(path):
-        try:
-            if isinstance(raw, RecordError):
-                raise raw
-            yield parse_record(raw, index)
-        except RecordError as e:
-            yield BadRecord(e.record_id, e.reason)
+    for label, raw in iter_raw_entries(str(path), storage):
+        yield parse_raw(raw, label)
+
+
+def parse_raw(raw: str, label: str) -> Record | BadRecord:
+    """One entry's JSON text -> Record, or BadRecord naming the entry (its id, else `label`) and the reason."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return BadRecord(label, f"malformed JSON: {e.msg} at column {e.colno}")
+    try:
+        return parse_record(value, label)
+    except RecordError as e:
+        return BadRecord(e.record_id, e.reason)

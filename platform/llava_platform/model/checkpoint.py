@@ -7,7 +7,9 @@ Layout of a checkpoint directory (plain transformers loads it as it is):
     llava_platform.yaml                                         resolved ModelSpec (template, image mode ...)
 
 An adapter checkpoint has adapter_config.json + adapter_model.safetensors (model/lora.py) in
-place of the model files; its llava_platform.yaml names the base model and the LoRA settings.
+place of the model files; its llava_platform.yaml names the base model, its quantization and the
+LoRA settings. It loads on the base it was trained on (a QLoRA run's: 4-bit); load_merged_adapters
+folds it into one plain model.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneratio
 from llava_platform.config import ModelSpec, dump, validate
 from llava_platform.data.templates import get_template
 from llava_platform.model.builder import DTYPES, ModelBundle, quantization_config
-from llava_platform.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter_weights, save_adapter
+from llava_platform.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter_weights, merge_lora, save_adapter
 from llava_platform.model.projector import restore_projector_weights
 
-__all__ = ["SPEC_FILE", "save_checkpoint", "load_checkpoint", "load_checkpoint_spec", "atomic_directory"]
+__all__ = [
+    "SPEC_FILE", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_merged_adapters", "load_checkpoint_spec",
+    "atomic_directory",
+]  # fmt: skip
 
 SPEC_FILE = "llava_platform.yaml"
 MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
@@ -60,12 +65,14 @@ class atomic_directory:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(bundle: ModelBundle, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(bundle: ModelBundle, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None,
+                    extra_files: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write model (safetensors), processor and resolved spec to out_dir, atomically.
 
     A LoRA-wrapped model is written as an adapter checkpoint (adapters + trained projector; the
     base is rebuilt from the saved spec). `state_dict` replaces the module's own weights
-    (ZeRO-3 gathers them: the module itself holds only a partition).
+    (ZeRO-3 gathers them: the module itself holds only a partition). `extra_files` ({file name:
+    text}, e.g. final/'s provenance.json) are written in the same atomic step.
     """
     with atomic_directory(out_dir) as tmp:
         if isinstance(bundle.model, PeftModel):
@@ -74,7 +81,21 @@ def save_checkpoint(bundle: ModelBundle, out_dir: str | Path, state_dict: dict[s
             bundle.model.save_pretrained(tmp, state_dict=state_dict)
         bundle.processor.save_pretrained(tmp)
         (tmp / SPEC_FILE).write_text(dump(bundle.spec))
+        _write_files(tmp, extra_files)
     return Path(out_dir)
+
+
+def copy_checkpoint(source: str | Path, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """A saved checkpoint copied file for file to out_dir (the weights exactly as saved), plus `extra_files`, atomically."""
+    with atomic_directory(out_dir) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        _write_files(tmp, extra_files)
+    return Path(out_dir)
+
+
+def _write_files(directory: Path, files: dict[str, str] | None) -> None:
+    for name, text in (files or {}).items():
+        (directory / name).write_text(text)
 
 
 def load_checkpoint_spec(path: str | Path) -> ModelSpec | None:
@@ -135,15 +156,56 @@ def load_checkpoint(path: str | Path, spec: ModelSpec | None = None, device: str
     return ModelBundle(model, processor, get_template(template), resolved)
 
 
-def _load_adapter_checkpoint(path: Path, spec: ModelSpec, saved: ModelSpec | None, device) -> ModelBundle:
-    """The base model the adapters were trained on (from the saved spec), with the adapters applied, unmerged."""
+def _load_adapter_checkpoint(path: Path, spec: ModelSpec, saved: ModelSpec | None, device,
+                             dequantize_to: torch.dtype | None = None) -> ModelBundle:  # fmt: skip
+    """The base model the adapters were trained on (from the saved spec: its source and quantization), with the
+    adapters applied, unmerged. `dequantize_to`: a quantized base's LLM linears become nn.Linear of this dtype
+    holding dequant(quant(W)) before the adapters go on (for a merge into what training computed with)."""
     from llava_platform.model.builder import build_model  # builder imports this module
 
     if saved is None or saved.lora is None:
         raise ValueError(f"{path}: an adapter checkpoint needs its {SPEC_FILE} (with model.lora) to rebuild the base model")
+    _check_quantization(path, spec, saved)
     # a template given at load wins over the saved one, as for full checkpoints
     chosen = dict(dtype=spec.dtype, template=spec.template or saved.template)
-    bundle = build_model(saved.model_copy(update=dict(lora=None, quantization=spec.quantization, **chosen)), device=device)
-    model = apply_lora(bundle.model, saved.lora)
+    bundle = build_model(saved.model_copy(update=dict(lora=None, **chosen)), device=device)
+    base = bundle.model
+    if dequantize_to is not None and getattr(base, "is_quantized", False):
+        # right after loading: bitsandbytes' CPU inference repacks 4-bit weights into a layout dequantize() misreads
+        base = base.dequantize(dtype=dequantize_to)
+    model = apply_lora(base, saved.lora)
     load_adapter_weights(model, path)
     return ModelBundle(model.eval(), bundle.processor, bundle.template, saved.model_copy(update=chosen))
+
+
+def _check_quantization(path: Path, spec: ModelSpec, saved: ModelSpec) -> None:
+    """Adapters answer as trained only on the base they were trained on: a quantization asked for at load
+    (set explicitly in the spec, not its default) must be the saved one."""
+    if "quantization" in spec.model_fields_set and spec.quantization != saved.quantization:
+        raise ValueError(
+            f"{path}: model.quantization={spec.quantization}, but these adapters were trained on a "
+            f"model.quantization={saved.quantization} base, and on another base they do not answer as trained. "
+            f"Load the run's merged final/ instead (a plain model, which loads with any model.quantization), or "
+            f"set model.quantization: {saved.quantization} (or leave it out)"
+        )
+
+
+def load_merged_adapters(path: str | Path, dtype: str) -> ModelBundle:
+    """An adapter checkpoint as one plain model in `dtype`: the adapters merged into the weights the run trained on.
+
+    A quantized base (QLoRA) loads as trained, in the saved dtype (the same 4-bit codes), and is dequantized to
+    `dtype` before the adapters go on: its LLM linears become nn.Linear holding dequant(quant(W)), what the 4-bit
+    layers computed with, and peft merges into those (its merge into bitsandbytes layers would quantize W + BA
+    again: the adapters rounded away). An unquantized base loads in `dtype`: the merged model takes the memory of
+    the model in its own dtype (a 7B in bfloat16: ~14 GB), no more. The trained projector and the base weights
+    trained in place come from the checkpoint. Its spec is the saved one, unquantized and without lora (its source
+    still names the base model).
+    """
+    path = Path(path)
+    saved = load_checkpoint_spec(path)
+    quantized = saved is not None and saved.quantization != "none"
+    load_spec = ModelSpec(checkpoint=str(path), dtype=saved.dtype if quantized else dtype)
+    bundle = _load_adapter_checkpoint(path, load_spec, saved, device=None, dequantize_to=DTYPES[dtype])
+    model = merge_lora(bundle.model).to(DTYPES[dtype])
+    spec = bundle.spec.model_copy(update=dict(dtype=dtype, quantization="none", lora=None))
+    return ModelBundle(model, bundle.processor, bundle.template, spec)

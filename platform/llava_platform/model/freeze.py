@@ -2,17 +2,20 @@
 
     stage 1 (pretrain)  projector only                      (LLaVA: tune_mm_mlp_adapter)
     stage 2 (finetune)  projector + LLM (embeddings, lm_head)  or, with LoRA, projector + adapters
-    either stage        + vision tower if asked, with its own learning rate
+    either stage        + vision tower if asked, with its own learning rate: the layers that reach the
+                        image features (those after model.config.vision_feature_layer, the post-norm and
+                        pooling head never get a gradient, so they stay frozen)
     tiny preset         random-init LLM: stage 1 trains it too (train.train_llm)
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from torch import nn
 
-__all__ = ["component_of", "apply_freeze", "param_groups", "COMPONENTS"]
+__all__ = ["component_of", "apply_freeze", "param_groups", "unused_vision_parameters", "COMPONENTS"]
 
 COMPONENTS = ("vision_tower", "projector", "llm")
 
@@ -29,6 +32,29 @@ def component_of(name: str) -> str:
     raise ValueError(f"parameter {name!r} belongs to no known LLaVA component")
 
 
+# CLIP / SigLIP vision parameters on the way to a hidden state: the embeddings, the pre-norm, encoder layers
+# ("vision_model." inside the tower where a CLIPVisionModel is loaded whole, not where it is built from a config)
+_FEEDS_HIDDEN_STATES = re.compile(r"vision_tower\.(?:vision_model\.)?(?:embeddings\.|pre_layrnorm\.|encoder\.layers\.(\d+)\.)")
+
+
+def unused_vision_parameters(model: nn.Module) -> set[str]:
+    """Vision tower parameters that never reach the image features: encoder layers after the hidden state the
+    projector reads (config.vision_feature_layer: LLaVA-1.5 takes the second-to-last), the post-norm and a
+    pooling head. Trained, they would get no gradient: DDP would need find_unused_parameters."""
+    layers = model.config.vision_feature_layer
+    count = model.config.vision_config.num_hidden_layers
+    # hidden_states[k] is the output of encoder layer k - 1 (hidden_states[0]: the embeddings)
+    needed = max(k if k >= 0 else count + 1 + k for k in (layers if isinstance(layers, list) else [layers]))
+    unused = set()
+    for name, _ in model.named_parameters():
+        if component_of(name) != "vision_tower":
+            continue
+        feeds = _FEEDS_HIDDEN_STATES.search(name)
+        if feeds is None or (feeds.group(1) is not None and int(feeds.group(1)) >= needed):
+            unused.add(name)
+    return unused
+
+
 def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
@@ -43,11 +69,12 @@ def apply_freeze(model: nn.Module, stage: Literal["pretrain", "finetune"], train
     if _is_peft(model) and stage == "pretrain":
         raise ValueError("LoRA is for stage 2: remove model.lora from the pretrain spec (stage 1 trains the projector only)")
     wanted = {"projector": True, "vision_tower": train_vision_tower, "llm": stage == "finetune" if train_llm is None else train_llm}
+    unused = unused_vision_parameters(model) if train_vision_tower else set()
     for name, param in model.named_parameters():
         component = component_of(name)
         if _is_peft(model) and component != "vision_tower":
             continue  # peft already chose: adapters and modules_to_save train, the frozen base does not
-        param.requires_grad_(wanted[component])
+        param.requires_grad_(wanted[component] and name not in unused)
     counts = {c: [0, 0] for c in COMPONENTS}
     for name, param in model.named_parameters():
         c = counts[component_of(name)]

@@ -5,7 +5,8 @@ trains fully alongside them (peft modules_to_save) unless the spec says not to.
 
 An adapter checkpoint is peft's own (adapter_config.json, adapter_model.safetensors: the
 adapters and the trained projector) plus TRAINED_BASE_FILE: base parameters trained in place
-(LLaVA-NeXT's image_newline, a vision tower trained with train.train_vision_tower).
+(LLaVA-NeXT's image_newline, a vision tower trained with train.train_vision_tower). A model loaded
+from such a checkpoint remembers which parameters that file set, so saving it again keeps them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINED_BASE_FILE = "trained_base.safetensors"
+_TRAINED_BASE_ATTR = "trained_base_names"  # on a PeftModel: the parameter names its TRAINED_BASE_FILE set
 
 
 def llm_linear_names(model: nn.Module, leaf_names: list[str] | None = None) -> list[str]:
@@ -66,14 +68,21 @@ def merge_lora(model: PeftModel) -> PreTrainedModel:
     """The plain LLaVA model with adapters folded into the weights and the trained projector in place.
 
     image_newline was trained in place (it is a base-model parameter), so it needs no merging.
+    A bitsandbytes base is refused: peft would quantize W + BA again, rounding the adapters away.
     """
+    if getattr(model, "is_quantized", False):
+        raise ValueError("merge_lora: the base is bitsandbytes-quantized (QLoRA), and merging would quantize the "
+                         "adapters away; merge an adapter checkpoint with checkpoint.load_merged_adapters, which "
+                         "dequantizes the base first")  # fmt: skip
     return model.merge_and_unload()
 
 
 def _trained_base(model: PeftModel) -> dict[str, nn.Parameter]:
-    """Base-model parameters that train in place: not an adapter, not a modules_to_save copy."""
+    """Base-model parameters trained in place: those training now (not an adapter, not a modules_to_save copy)
+    and those a TRAINED_BASE_FILE set at load (frozen for inference there, trained weights all the same)."""
+    loaded = getattr(model, _TRAINED_BASE_ATTR, frozenset())
     return {n: p for n, p in model.named_parameters()
-            if p.requires_grad and "lora_" not in n and "modules_to_save" not in n}  # fmt: skip
+            if n in loaded or (p.requires_grad and "lora_" not in n and "modules_to_save" not in n)}  # fmt: skip
 
 
 def save_adapter(model: PeftModel, directory: Path) -> None:
@@ -85,7 +94,8 @@ def save_adapter(model: PeftModel, directory: Path) -> None:
 
 
 def load_adapter_weights(model: PeftModel, directory: Path) -> None:
-    """Load save_adapter()'s files into a model wrapped by apply_lora with the same spec."""
+    """Load save_adapter()'s files into a model wrapped by apply_lora with the same spec; the model records
+    which base parameters TRAINED_BASE_FILE set, for save_adapter to write them again whatever their requires_grad."""
     adapter = load_file(str(directory / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, adapter)
     if result.unexpected_keys:
@@ -93,7 +103,9 @@ def load_adapter_weights(model: PeftModel, directory: Path) -> None:
     extra_file = directory / TRAINED_BASE_FILE
     if extra_file.exists():
         params = dict(model.named_parameters())
-        for name, tensor in load_file(str(extra_file)).items():
+        trained = load_file(str(extra_file))
+        for name, tensor in trained.items():
             if name not in params:
                 raise ValueError(f"{extra_file}: {name} is not a parameter of this model")
             params[name].data.copy_(tensor)
+        setattr(model, _TRAINED_BASE_ATTR, frozenset(trained))

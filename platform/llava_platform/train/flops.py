@@ -6,7 +6,7 @@ frozen LLM passing gradients down to the projector, a LoRA / QLoRA base under it
 nothing in or before their component trains (a frozen vision tower). N counts the weights a
 parameter stands for (a ZeRO-3 partition or a 4-bit packed weight counts in full). Causal
 attention adds 4 * layers * d * T per token forward (QK^T and AV, half of the T x T matrix). The LM
-head runs only where a label is (train.strategy.answer_loss): its weights count per predicted token.
+head runs only where a label is (train.strategy.answer_loss_sum): its weights count per predicted token.
 """
 
 from __future__ import annotations

@@ -2,13 +2,17 @@
 
     runner = make_runner(model, optimizer, scheduler, train_spec, accumulation, compute_dtype)
     for i in range(accumulation):
-        loss = runner.forward_backward(batch_i, last=i == accumulation - 1)
+        loss_sum = runner.forward_backward(batch_i, scale, last=i == accumulation - 1)
     grad_norm = runner.step()
 
-Both compute the loss with `answer_loss` (the LM head only where a label is), scale it by
-1/accumulation, clip to train.max_grad_norm and step the optimizer and the LR schedule once per
-optimizer step. Neither needs Ray: the process group is whatever torch.distributed was initialised
-with (Ray Train's TorchConfig, torchrun, or none).
+Both compute the loss with `answer_loss_sum` (the LM head only where a label is) and back-propagate
+`loss_sum * scale`, where scale = workers / (labelled tokens of the whole step: every micro-batch of
+every worker). Gradients averaged over the workers (DDP, DeepSpeed) are then the step's mean over
+its labelled tokens, however the step is cut into micro-batches and workers: a token in a short
+micro-batch weighs what a token in a long one does (transformers' `num_items_in_batch`). Both clip
+to train.max_grad_norm and step the optimizer and the LR schedule once per optimizer step. Neither
+needs Ray: the process group is whatever torch.distributed was initialised with (Ray Train's
+TorchConfig, torchrun, or none).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from llava_platform.config import TrainSpec
 from llava_platform.data.encode import IGNORE_INDEX
 
 __all__ = [
-    "StepRunner", "DDPRunner", "DeepSpeedRunner", "make_runner", "deepspeed_config", "distributed_world", "answer_loss",
-    "next_token_targets",
+    "StepRunner", "DDPRunner", "DeepSpeedRunner", "make_runner", "deepspeed_config", "distributed_world",
+    "answer_loss_sum", "next_token_targets", "labelled_tokens",
 ]  # fmt: skip
 
 
@@ -41,13 +45,19 @@ def distributed_world() -> int:
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     """labels (B, T) -> the label each position predicts (B, T): labels[b, t + 1], IGNORE_INDEX where none is.
-    The positions that carry one are those the LM head runs on (answer_loss) and is counted for (MFU)."""
+    The positions that carry one are those the LM head runs on (answer_loss_sum) and is counted for (MFU)."""
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled positions: transformers' causal-LM loss, with the LM
-    head run on those positions only.
+def labelled_tokens(labels: torch.Tensor) -> int:
+    """Positions of a (B, T) batch that carry a next-token label: what the step's loss is averaged over."""
+    return int((next_token_targets(labels) != IGNORE_INDEX).sum())
+
+
+def answer_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled positions (float32): transformers' causal-LM loss
+    before its mean, with the LM head run on those positions only. The caller divides by the labelled
+    tokens of the whole optimizer step (see the module docstring).
 
     The (B, T) mask of next-token targets that carry a label is passed as `logits_to_keep`, so the
     model returns logits (N, V) for those N positions instead of (B, T, V). Image tokens and prompts
@@ -67,13 +77,13 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     keep = targets != IGNORE_INDEX
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "attention_mask")}
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return F.cross_entropy(logits.float(), targets[keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
 class StepRunner(Protocol):
     module: nn.Module  # the model itself (unwrapped): FLOPs, saving
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor: ...
+    def forward_backward(self, batch: dict[str, torch.Tensor], scale: torch.Tensor | float, last: bool) -> torch.Tensor: ...
     def step(self) -> float: ...
     @property
     def lr(self) -> float: ...
@@ -84,32 +94,46 @@ class StepRunner(Protocol):
 class DDPRunner:
     """torch DDP (or a plain module on one process); `compute_dtype` below float32 runs under autocast."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, accumulation: int,
-                 max_grad_norm: float, compute_dtype: torch.dtype):  # fmt: skip
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, max_grad_norm: float,
+                 compute_dtype: torch.dtype):  # fmt: skip
         self.module = model
-        # find_unused_parameters: a text-only micro-batch leaves the projector and tower without gradients
-        self.model = DistributedDataParallel(model, find_unused_parameters=True) if distributed_world() > 1 else model
+        # every trainable parameter gets a gradient in every backward: micro-batches without images run the tower
+        # on a blank one (data.collate's filler) and the tower's layers past the features it gives are frozen
+        # (model.freeze), so DDP needs no find_unused_parameters (an extra pass over the graph per step)
+        self.model = DistributedDataParallel(model) if distributed_world() > 1 else model
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.max_grad_norm = max_grad_norm
+        self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.checked = False  # the first step checks that every trainable parameter got a gradient
         device = next(model.parameters()).device
         self.autocast = (torch.autocast(device.type, dtype=compute_dtype) if compute_dtype != torch.float32
                          else contextlib.nullcontext())  # fmt: skip
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor], scale: torch.Tensor | float, last: bool) -> torch.Tensor:
         sync = contextlib.nullcontext() if last or self.model is self.module else self.model.no_sync()
         with sync:
             with self.autocast:
-                loss = answer_loss(self.model, batch)
-            (loss / self.accumulation).backward()
-        return loss.detach()
+                loss_sum = answer_loss_sum(self.model, batch)
+            (loss_sum * scale).backward()
+        return loss_sum.detach()
 
     def step(self) -> float:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        if not self.checked:
+            self._check_every_parameter_trained()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
+
+    def _check_every_parameter_trained(self) -> None:
+        """A trainable parameter without a gradient after a step's backward passes is a bug, not a choice: DDP would
+        leave its bucket un-averaged (other ranks' gradients lost) and stop at the next step."""
+        idle = [name for name, p in self.trainable.items() if p.grad is None]
+        if idle:
+            raise RuntimeError(f"{len(idle)} trainable parameters got no gradient in the first step (e.g. {idle[:3]}): "
+                               "every trainable parameter must take part in every step (see model.freeze)")  # fmt: skip
+        self.checked = True
 
     @property
     def lr(self) -> float:
@@ -127,7 +151,7 @@ class DDPRunner:
 
 
 class DeepSpeedRunner:
-    """A DeepSpeed engine: it scales the loss, accumulates, clips and steps at the accumulation boundary."""
+    """A DeepSpeed engine: it accumulates, clips and steps at the accumulation boundary (fp16: scales the loss too)."""
 
     TAG = "state"
 
@@ -138,11 +162,11 @@ class DeepSpeedRunner:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         self.zero_stage = config["zero_optimization"]["stage"]
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
-        loss = answer_loss(self.engine, batch)
-        self.engine.backward(loss)
+    def forward_backward(self, batch: dict[str, torch.Tensor], scale: torch.Tensor | float, last: bool) -> torch.Tensor:
+        loss_sum = answer_loss_sum(self.engine, batch)
+        self.engine.backward(loss_sum * scale, scale_wrt_gas=False)  # scale already averages over the whole step
         self.engine.step()  # a no-op for the optimizer until the accumulation boundary
-        return loss.detach()
+        return loss_sum.detach()
 
     def step(self) -> float:
         norm = self.engine.get_global_grad_norm()
@@ -221,7 +245,7 @@ def _fill_auto(node: dict[str, Any], auto: dict[str, Any], source: Path, prefix:
 def make_runner(model: nn.Module, optimizer, scheduler, train: TrainSpec, accumulation: int,
                 compute_dtype: torch.dtype) -> StepRunner:  # fmt: skip
     if train.strategy == "ddp":
-        return DDPRunner(model, optimizer, scheduler, accumulation, train.max_grad_norm, compute_dtype)
+        return DDPRunner(model, optimizer, scheduler, train.max_grad_norm, compute_dtype)
     hidden = model.config.text_config.hidden_size
     config = deepspeed_config(train, accumulation, compute_dtype, hidden, distributed_world())
     return DeepSpeedRunner(model, optimizer, scheduler, config)

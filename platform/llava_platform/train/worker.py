@@ -1,6 +1,7 @@
 """One Ray Train worker of a LLaVA training run (TorchTrainer's train_loop_per_worker).
 
-    restore or start -> this worker's rows from Ray Data, grouped into micro-batches -> steps ->
+    restore or start -> this worker's micro-batches from the plan, from its start step (index arithmetic:
+    nothing skipped is read or decoded) -> those samples encoded by Ray Data tasks, in order -> steps ->
     every log step: ray.train.report(metrics); every checkpoint step and the last: report with a checkpoint
 
 ray.train.report is a barrier: every worker reports at the same steps. The compute itself is
@@ -13,9 +14,11 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -23,22 +26,32 @@ import torch.distributed as dist
 
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import TrainJobSpec
-from llava_platform.data.pipeline import row_to_sample
+from llava_platform.data.pipeline import GoodSamples, row_to_sample, stream_samples
+from llava_platform.data.samples import EncodedSample
 from llava_platform.train.flops import peak_tflops_for
 from llava_platform.train.loop import run_steps
-from llava_platform.train.plan import DataPlan, grouped_micro_batches
+from llava_platform.train.plan import DataPlan
 from llava_platform.train.setup import build_training
 from llava_platform.train.state import save_training_state
 
-__all__ = ["train_worker", "dataset_name"]
+__all__ = ["train_worker", "ENCODED_DATASET"]
 
 # Ray Train's worker logger prints INFO records once (its patched print() would echo them twice)
 log = logging.getLogger(__name__)
 
 
-def dataset_name(rank: int) -> str:
-    """Each worker reads its own dataset (its slice of the plan, in order): see launch.py."""
-    return f"train_rank{rank}"
+ENCODED_DATASET = "encoded"  # data.cache_encoded: every good sample, encoded once (launch.py); each worker keeps its own
+
+
+def _samples(config: dict[str, Any], spec: TrainJobSpec, indices) -> Iterator[EncodedSample]:
+    """The samples at these file indices, in this order: streamed from Ray Data tasks, or replayed from the
+    encoded set (data.cache_encoded), of which this worker keeps only the rows it trains on."""
+    if spec.data.cache_encoded:
+        wanted = set(indices.tolist())
+        rows = ray.train.get_dataset_shard(ENCODED_DATASET).iter_rows()
+        cache = {int(row["index"]): row_to_sample(row) for row in rows if int(row["index"]) in wanted}
+        return (cache[int(i)] for i in indices)
+    return stream_samples(indices, config["shards"], config["encoder"], spec.data)
 
 
 def _placement() -> dict[str, Any]:
@@ -53,6 +66,7 @@ def _placement() -> dict[str, Any]:
 
 def train_worker(config: dict[str, Any]) -> None:
     quiet_transformers()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # this worker's own input pipeline: no per-run notices
     spec = TrainJobSpec.model_validate(config["spec"])
     plan = DataPlan(**config["plan"])
     context = ray.train.get_context()
@@ -72,17 +86,13 @@ def train_worker(config: dict[str, Any]) -> None:
                  f"{plan.micro_batch} x {plan.accumulation} accumulation), strategy {spec.train.strategy}, "
                  f"trainable {setup.frozen_summary}, worker nodes {placement['node_ids']} pids {placement['pids']}")  # fmt: skip
 
-    shard, sequence = ray.train.get_dataset_shard(dataset_name(rank)), config["replays"][rank]
-    if sequence is None:  # streamed in plan order, encoded as it comes
-        rows = (row_to_sample(row) for row in shard.iter_rows())
-    else:  # data.cache_encoded: the records this worker replays, encoded once by the data check, kept here
-        wanted = set(sequence)
-        cache = {int(row["index"]): row_to_sample(row) for row in shard.iter_rows() if int(row["index"]) in wanted}
-        rows = (cache[index] for index in sequence)
-    batches = grouped_micro_batches(rows, plan, length=lambda s: len(s.input_ids), has_image=lambda s: s.pixel_values is not None,
-                                    window_micro_batches=spec.train.length_grouping_window, start_step=setup.start_step)  # fmt: skip
+    good: GoodSamples = ray.get(config["good"])
+    # (n, micro_batch) positions among the good samples, from the start step on -> their file indices
+    batches = plan.micro_batches(rank, good.length, good.has_image, spec.train.length_grouping_window, setup.start_step)
+    samples = _samples(config, spec, good.index[batches.ravel()])
+    micro_batches = ([next(samples) for _ in range(plan.micro_batch)] for _ in range(len(batches)))
     every = spec.train.checkpoint_every_steps
-    for metrics in run_steps(setup.runner, batches, pad_token_id=setup.bundle.tokenizer.pad_token_id,
+    for metrics in run_steps(setup.runner, micro_batches, processor=setup.bundle.processor,
                              start_step=setup.start_step, total_steps=plan.total_steps,
                              accumulation=plan.accumulation, peak_tflops=peak_tflops_for(device, spec.train.peak_tflops)):  # fmt: skip
         last = metrics.step == plan.total_steps

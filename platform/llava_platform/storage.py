@@ -1,0 +1,151 @@
+"""Files wherever they live: local paths, s3:// (AWS or any S3-compatible store), gs://, through pyarrow.fs.
+
+    storage = Storage(spec.storage)                       # StorageSpec: endpoint_url, region, anonymous
+    storage.read_bytes("s3://bucket/llava/coco/0001.jpg")
+    storage.join("s3://bucket/llava", "coco/0001.jpg")    # -> "s3://bucket/llava/coco/0001.jpg"
+    fs, path = storage.filesystem("s3://bucket/shards")   # for Ray Data's readers and writers
+
+Credentials come from the environment, the way each SDK reads them (AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, ~/.aws or an instance role; GOOGLE_APPLICATION_CREDENTIALS
+or the metadata server): nothing secret is written in a spec. A Storage pickles as its spec, so it
+travels to Ray tasks small; each process opens its own filesystems.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from llava_platform.config import StorageSpec
+
+__all__ = ["FileStamp", "Storage", "is_uri"]
+
+
+def is_uri(path: str) -> bool:
+    """s3://, gs://, hdfs:// ... (a local path, absolute or relative, is not)."""
+    return "://" in str(path)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What says a file changed: its size and modification time (the cache keys of the data check)."""
+
+    size: int
+    mtime_ns: int
+
+
+class Storage:
+    def __init__(self, spec: StorageSpec | None = None):
+        self.spec = spec or StorageSpec()
+        self._filesystems: dict[str, pafs.FileSystem] = {}
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["spec"])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Storage) and other.spec == self.spec
+
+    # ------------------------------------------------------------------ paths
+
+    def filesystem(self, path: str) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem that holds `path`, and the path as that filesystem names it."""
+        path = str(path)
+        if not is_uri(path):
+            return self._get("local", pafs.LocalFileSystem), os.path.abspath(os.path.expanduser(path))
+        scheme = urlparse(path).scheme
+        inner = path.split("://", 1)[1]
+        if scheme == "s3":
+            return self._get("s3", self._s3), inner
+        if scheme in ("gs", "gcs"):
+            return self._get("gs", lambda: pafs.GcsFileSystem(anonymous=self.spec.anonymous)), inner
+        if scheme == "file":
+            return self._get("local", pafs.LocalFileSystem), inner
+        fs, inner = pafs.FileSystem.from_uri(path)  # hdfs:// and the like, configured by the URI itself
+        return fs, inner
+
+    def _get(self, key: str, make) -> pafs.FileSystem:
+        if key not in self._filesystems:
+            self._filesystems[key] = make()
+        return self._filesystems[key]
+
+    def _s3(self) -> pafs.S3FileSystem:
+        kwargs: dict = {"region": self.spec.region, "anonymous": self.spec.anonymous}
+        if self.spec.endpoint_url:
+            endpoint = urlparse(self.spec.endpoint_url)
+            kwargs |= {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
+        return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @staticmethod
+    def join(base: str | None, relative: str) -> str:
+        """`relative` under `base` (a folder or URI); an absolute path or a URI stands for itself."""
+        relative = str(relative)
+        if base is None or is_uri(relative) or os.path.isabs(relative):
+            return relative
+        base = str(base)
+        return f"{base.rstrip('/')}/{relative}" if is_uri(base) else os.path.join(base, relative)
+
+    # ------------------------------------------------------------------ reading
+
+    def stat(self, path: str) -> FileStamp | None:
+        """Size and modification time of a file; None if there is no file there."""
+        return self.stat_many([path])[0]
+
+    def stat_many(self, paths: list[str]) -> list[FileStamp | None]:
+        """stat() of many files, one filesystem call per filesystem (S3: its requests run in parallel)."""
+        out: list[FileStamp | None] = [None] * len(paths)
+        groups: dict[int, tuple[pafs.FileSystem, list[int], list[str]]] = {}
+        for i, path in enumerate(paths):
+            fs, inner = self.filesystem(path)
+            _, positions, inners = groups.setdefault(id(fs), (fs, [], []))
+            positions.append(i)
+            inners.append(inner)
+        for fs, positions, inners in groups.values():
+            for i, info in zip(positions, fs.get_file_info(inners)):
+                if info.type == pafs.FileType.File:
+                    out[i] = FileStamp(int(info.size), int(info.mtime_ns or 0))
+        return out
+
+    def exists(self, path: str) -> bool:
+        fs, inner = self.filesystem(path)
+        return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+    def open_input(self, path: str):
+        """A random-access file (seek / read / read_at / size); a missing file raises FileNotFoundError."""
+        fs, inner = self.filesystem(path)
+        return fs.open_input_file(inner)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open_input(path) as f:
+            return f.read()
+
+    def list_files(self, folder: str) -> list[str]:
+        """Every file under `folder` (recursively), as paths or URIs of the same kind as `folder`."""
+        fs, inner = self.filesystem(folder)
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+        prefix = folder.split("://", 1)[0] + "://" if is_uri(folder) else ""
+        return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+
+    # ------------------------------------------------------------------ writing
+
+    def open_output(self, path: str):
+        """A new file (replacing any); local parent folders are made (object stores have none)."""
+        fs, inner = self.filesystem(path)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(inner), exist_ok=True)
+        return fs.open_output_stream(inner)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.open_output(path) as f:
+            f.write(data)
+
+    def delete_dir(self, path: str) -> None:
+        """Remove a folder and everything under it (nothing there: nothing to do)."""
+        fs, inner = self.filesystem(path)
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            fs.delete_dir(inner)
