@@ -2,6 +2,10 @@
 
     python -m jobs.chat --checkpoint runs/tiny/final --image cat.png --prompt "What is in the picture?"
     python -m jobs.chat --checkpoint runs/tiny/final --image cat.png          # multi-turn; empty line or Ctrl-D ends
+    python -m jobs.chat --checkpoint runs/tiny/final --image cat.png --load-4bit   # the LLM in 4-bit
+
+--load-8bit / --load-4bit load the LLM quantized with bitsandbytes (model.quantization: 8bit / 4bit, NF4)
+and the rest in float16, as LLaVA's own CLI does; the vision tower and projector stay unquantized.
 
 Answers stream token by token. The image goes with the first question ("<image>\\n" + text),
 as in LLaVA's own CLI; later turns carry the whole conversation.
@@ -27,8 +31,7 @@ def answer(engine: InferenceEngine, messages: list[Message], image, sampling: Sa
     return text
 
 
-@user_errors_exit
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="HF-format checkpoint directory")
     parser.add_argument("--image", required=True, help="image file")
@@ -37,10 +40,27 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args()
+    bits = parser.add_mutually_exclusive_group()  # both: exit 2, "argument --load-4bit: not allowed with argument --load-8bit"
+    bits.add_argument("--load-8bit", action="store_true", help="load the LLM in 8-bit (bitsandbytes), the rest in float16")
+    bits.add_argument("--load-4bit", action="store_true", help="load the LLM in 4-bit NF4 (bitsandbytes), the rest in float16")
+    return parser
+
+
+def load_engine(args: argparse.Namespace) -> InferenceEngine:
+    """The checkpoint as the flags ask. Quantized, the model loads in float16 (bitsandbytes' int8 matmul casts other
+    inputs to float16, warning at every layer and token); without a flag, a saved spec's quantization (an adapter
+    checkpoint's base) holds."""
+    bits = "4bit" if args.load_4bit else "8bit" if args.load_8bit else None
+    quantized = {"quantization": bits, "dtype": "float16"} if bits else {}
+    return InferenceEngine.from_checkpoint(args.checkpoint, **quantized)
+
+
+@user_errors_exit
+def main() -> None:
+    args = build_parser().parse_args()
     quiet_transformers()
 
-    engine = InferenceEngine.from_checkpoint(args.checkpoint)
+    engine = load_engine(args)
     image = load_image(args.image)
     sampling = SamplingSpec(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
     messages: list[Message] = []

@@ -19,10 +19,10 @@ repeated more often in the same time. Overrides after the options apply to both 
 
     python -m jobs.demo --data my_scenes --base jobs/assets/tiny-base --out demo_mine
 
-starts stage 1 from the shipped tiny base instead of random init: a demo run's model that went on to
-learn 76 k varied scenes (`--data` on `jobs.make_synthetic_data --varied` sets, `--export`; README,
-"The tiny base"), so it sees shapes, colours, sizes and places. That is how a new small dataset is
-learnt in the same 6 minutes, as LLaVA starts from CLIP and Vicuna rather than from nothing.
+starts stage 1 from the shipped tiny base instead of random init: a demo run's model trained further on
+varied scenes and drills (its recipe: jobs/assets/tiny-base/recipe.json, made in experiments/tiny_recipe),
+so it sees shapes, colours, sizes and places. That is how a new small dataset is learnt in the same
+6 minutes, as LLaVA starts from CLIP and Vicuna rather than from nothing.
 """
 
 import argparse
@@ -75,8 +75,8 @@ def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, 
     return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + overrides_for(stage, extra))
 
 
-@user_errors_exit
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line: main parses it, and a caller can check a demo command against it unrun."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_output", help="folder for the data, checkpoints and results")
     parser.add_argument("--num-train", type=int, default=6800, help="training scenes (at most 6800 with 200 held out)")
@@ -88,7 +88,12 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=6, help="question/answer pairs to print")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value applied to both stages, e.g. train.max_steps=100; "
                         "prefixed pretrain: or finetune:, to that stage only")  # fmt: skip
-    args = parser.parse_args()
+    return parser
+
+
+@user_errors_exit
+def main() -> None:
+    args = build_parser().parse_args()
     quiet_transformers()
     started = time.perf_counter()
     out = Path(args.out).resolve()

@@ -5,14 +5,15 @@
     python -m jobs.validate_data --data s3://bucket/llava/train.jsonl --image-folder s3://bucket/llava \\
         --checkpoint runs/7b/init --endpoint-url http://minio:9000
 
-The check training runs before its first step, on Ray Data (the cluster RAY_ADDRESS names, else a
-local Ray): records parsed, image headers and end markers read (missing, truncated, non-image and
-oversized images), tokens counted from the text and the image sizes (samples whose image tokens do
-not fit max_length, samples with no trained token). No pixel is decoded and memory stays bounded
-whatever the dataset's size; the results are cached (data.cache_dir), so the job that follows, or
-this command run again, checks only what changed. Prints counts, token-length percentiles and the
-first bad records (all of them in a file it names). Token lengths are counted with the model's
-processor: --config's model, --checkpoint's, or the tiny preset's byte-level tokenizer.
+The check training runs before its first step, on Ray Data (the cluster RAY_ADDRESS names, else this
+machine's running cluster, else a local Ray): records parsed, image headers and end markers read
+(missing, truncated, non-image and oversized images), tokens counted from the text and the image
+sizes (samples whose image tokens do not fit max_length, samples with no trained token). No pixel is
+decoded and memory stays bounded whatever the dataset's size; the results are cached
+(data.cache_dir), so the job that follows, or this command run again, checks only what changed.
+Prints counts, token-length percentiles and the first bad records (all of them in a file it names).
+Token lengths are counted with the model's processor: --config's model, --checkpoint's, or the tiny
+preset's byte-level tokenizer.
 """
 
 import argparse

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Ray's token authentication, as users run Ray 2.60 (README: RAY_AUTH_MODE=token and a token every node and client
+# reads): one token for the test session, in the environment of this process (its in-process drivers) and so of
+# every `ray start`, `ray job submit` and job it starts
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 
 def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -71,6 +78,14 @@ class RayCluster:
     `ray start --address` for each extra node. Each `ray start --block` runs in its own process
     group, so stopping the cluster signals exactly the processes this fixture started."""
 
+    # Every node's ports are its own, chosen free as it binds them (0); the head's are picked free here. Ray's fixed
+    # defaults (the dashboard agent's 52365, the client server's 10001, workers' 10002-19999) would collide with
+    # another node, test cluster or user's Ray on this machine, and a node whose agent cannot bind runs without it
+    # ("No available agent to submit job").
+    NODE_PORTS = ["--node-manager-port=0", "--object-manager-port=0", "--min-worker-port=0", "--max-worker-port=0",
+                  "--dashboard-agent-listen-port=0", "--dashboard-agent-grpc-port=0", "--metrics-export-port=0",
+                  "--runtime-env-agent-port=0"]  # fmt: skip
+
     def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4):
         import subprocess
 
@@ -82,10 +97,13 @@ class RayCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
-        self.env = ray_env()
+        # stop() signals every process at once: a node would spend 30 s trying to drain itself through a GCS
+        # that is exiting too (Ray 2.60's SIGTERM drain), so it exits at once
+        self.env = ray_env(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
         self.processes: list[subprocess.Popen] = []
         head = ["--head", f"--port={self.gcs.split(':')[1]}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true"]  # fmt: skip
+                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--ray-client-server-port={free_port()}",
+                f"--temp-dir={self.temp_dir}", "--include-dashboard=true"]  # fmt: skip
         self._start(head, cpus_per_node, "head")
         for n in range(1, nodes):
             self._start([f"--address={self.gcs}"], cpus_per_node, f"node{n}")
@@ -96,8 +114,8 @@ class RayCluster:
 
         ray = str(Path(sys.executable).parent / "ray")
         log = open(self.root / f"{name}.log", "w")
-        process = subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus}", *args],
-                                   env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus}", *self.NODE_PORTS,
+                                    *args], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.processes.append(process)
         deadline = time.time() + 120
         while "--block" not in (self.root / f"{name}.log").read_text():  # printed once the node is up
@@ -122,10 +140,8 @@ class RayCluster:
 
 
 def ray_env(**extra: str) -> dict[str, str]:
-    """The environment a user's shell would have: the venv's tools first on PATH, one Ray auth mode."""
-    import os
-
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
+    """The environment a user's shell would have: the venv's tools first on PATH, the session's Ray token."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 
@@ -142,11 +158,8 @@ def ray_cluster(tmp_path_factory, s3_server):
 @pytest.fixture(scope="session")
 def ray_client(ray_cluster):
     """This test process as a driver of the shared cluster, for in-process calls of the library's Ray code."""
-    import os
-
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address=ray_cluster.gcs, logging_level="WARNING", log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

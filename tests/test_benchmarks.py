@@ -1,6 +1,6 @@
-"""Benchmarks keep running (smoke test with a few steps; the figures themselves live in README / RESULTS.md)."""
+"""Benchmarks keep running (smoke test with a few steps; the figures themselves live in README / RESULTS.md).
+The tiny recipe's transfer sets and position read-out are research: experiments/tests/test_transfer_sets.py."""
 
-import json
 import re
 import subprocess
 import sys
@@ -42,37 +42,3 @@ def test_train_throughput_runs_a_shipped_7b_spec_on_tiny_shapes():
     spec = re.search(r"^  spec: ([\d.]+) samples/s, (\d+) tokens/s, MFU ([\d.]+)%$", stdout, re.M)
     assert spec and float(spec[1]) > 0 and 0 < float(spec[3]) < 100, stdout
     assert "train.stage=pretrain" not in stdout  # --no-compare
-
-
-@pytest.mark.parametrize("script", ["grid_scenes", "free_scenes", "sealed_scenes"])
-def test_transfer_sets_are_datasets_the_platform_trains_on(tmp_path, script, ray_cluster):
-    """The sets the tiny base is scored on (README): written as documented, and passing jobs.validate_data."""
-    from conftest import run_job
-    from llava_platform.data.records import read_records
-
-    out = tmp_path / script
-    made = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--out", str(out), "--num-train", "40", "--num-test", "12"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert made.returncode == 0, made.stderr[-3000:]
-    test = list(read_records(out / "test.json"))
-    assert len(test) == 12 and all(r.extra["answer"] == r.messages[1].content for r in test)
-    if script != "grid_scenes":  # the two later sets name each question's kind, for the demo's by-kind scores
-        assert len({r.extra["kind"] for r in test}) >= 4
-    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct",
-                      "--cache-dir", str(tmp_path / "cache"), env={"RAY_ADDRESS": ray_cluster.gcs})  # fmt: skip
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "40 samples, 40 ok, 0 with problems" in checked.stdout
-
-
-def test_position_readout_scores_side_questions_by_object_count(tmp_path):
-    """benchmarks/position_readout.py (its questions: drills.side_question, tests/test_drills.py): a short
-    run prints the tower's position share and a score per object count."""
-    figures = tmp_path / "figures.json"
-    result = subprocess.run([sys.executable, "benchmarks/position_readout.py", "--random", "--num-train", "64", "--num-test", "16",
-                             "--steps", "2", "--json", str(figures)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "from random init, shortest names: 64 train scenes, 2 steps" in result.stdout
-    got = json.loads(figures.read_text())
-    assert got["by_objects"] and set(got["by_objects"]) <= {"1 object"} | {f"{n} objects" for n in range(2, 7)}
-    assert 0 < got["position_norm"] < got["patch_deviation_norm"]  # CLIP's init: position is already the smaller part
-    assert f"held-out side questions: {got['accuracy']:.1%} of 16" in result.stdout

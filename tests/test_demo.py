@@ -1,21 +1,35 @@
-"""The README's demo, run as users run it (shortened: fewer scenes and epochs; the full run's figures are in the README)."""
+"""The README's demo, run once as users run it (shortened: fewer scenes and steps; the full run's figures are in the
+README), from a base and exporting its final model: one run answers what the demo prints and what --base / --export do."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import REPO, ray_env
 from llava_platform.model import load_checkpoint
 
+SHIPPED_BASE = REPO / "jobs" / "assets" / "tiny-base"
+
 
 @pytest.mark.slow
-def test_demo_trains_both_stages_and_answers_held_out_questions(tmp_path):
-    out = tmp_path / "demo"
+def test_demo_trains_both_stages_from_a_base_answers_held_out_questions_and_exports(tmp_path):
+    # A base no random init can match (the shipped one, its patch embedding negated), to see stage 1 start from it.
+    marked = tmp_path / "marked"
+    shutil.copytree(SHIPPED_BASE, marked)
+    weights = load_file(marked / "model.safetensors")
+    name = next(k for k in weights if k.endswith("patch_embedding.weight"))
+    save_file({**weights, name: -weights[name]}, marked / "model.safetensors", metadata={"format": "pt"})
+    out, export = tmp_path / "demo", tmp_path / "exported"
+
     result = subprocess.run([sys.executable, "-m", "jobs.demo", "--out", str(out), "--num-train", "320", "--num-test", "40",
-                             "--show", "3", "train.max_steps=20", "train.log_every_steps=10"],
+                             "--show", "3", "--base", str(marked), "--export", str(export), "train.max_steps=20",
+                             "train.log_every_steps=10"],
                             cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=900)  # fmt: skip
     stdout = result.stdout
@@ -28,6 +42,16 @@ def test_demo_trains_both_stages_and_answers_held_out_questions(tmp_path):
     assert score and float(score[1]) == pytest.approx(100 * results["accuracy"], abs=0.05)
     assert results["train_seconds"] > 0 and set(results["stage_seconds"]) == {"pretrain", "finetune"}
     assert load_checkpoint(results["final"]).spec.template == "mistral_instruct"  # the tiny preset's
+
+    # stage 1 started from the base: its patch embedding is the marked one, moved a little by 20 steps
+    assert f"stage 1: projector alignment on captions, from {marked}" in stdout
+    stage1 = load_file(out / "pretrain" / "final" / "model.safetensors")[name]
+    assert torch.cosine_similarity(stage1.flatten(), -weights[name].flatten(), dim=0) > 0.8
+    # the export is the final model, its saved spec naming the export, with the run's results
+    assert json.loads((export / "demo_results.json").read_text()) == results
+    assert load_checkpoint(export).spec.checkpoint == str(export)
+    final, exported = (load_file(p / "model.safetensors") for p in (out / "finetune" / "final", export))
+    assert final.keys() == exported.keys() and all(torch.equal(final[k], exported[k]) for k in final)
 
 
 @pytest.mark.parametrize("captions", [True, False])

@@ -18,8 +18,7 @@ from torch import nn
 
 from conftest import make_image
 from llava_platform.config import ModelSpec, TrainJobSpec
-from llava_platform.model import build_model, load_checkpoint, save_checkpoint
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model import ModelBundle, build_model, load_checkpoint, save_checkpoint
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import ADAPTER_CONFIG, TRAINED_BASE_FILE, apply_lora, load_adapter_weights, merge_lora
 from llava_platform.train.final import PROVENANCE_FILE, export_final

@@ -8,8 +8,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import make_image
 from llava_platform.config import LoraSpec, ModelSpec
-from llava_platform.model import build_model, load_checkpoint, save_checkpoint
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model import ModelBundle, build_model, load_checkpoint, save_checkpoint
 from llava_platform.model.freeze import component_of
 from llava_platform.model.lora import apply_lora, llm_linear_names, merge_lora
 

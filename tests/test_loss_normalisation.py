@@ -17,7 +17,7 @@ from llava_platform.data.images import PixelNormalizer
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
-from llava_platform.model.checkpoint import load_checkpoint
+from llava_platform.model import load_checkpoint
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.train.loop import run_steps
 from llava_platform.train.strategy import DDPRunner, DeepSpeedRunner, answer_loss_sum, deepspeed_config, labelled_tokens

@@ -3,6 +3,7 @@ encode's verdict and token length for every record."""
 
 import json
 import random
+import sys
 
 import pytest
 import torch
@@ -178,25 +179,36 @@ def test_the_check_agrees_with_the_full_encode_on_every_record(mode, tmp_path):
     assert {row["kind"] for row in rows} >= {"", "too_long", "no_trained_token"} and any(row["truncated"] for row in rows)
 
 
-def test_validate_data_cli(folder, ray_cluster, tmp_path):
+def validate_data_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """jobs.validate_data's main() in this process (a driver of the shared cluster: ray_client): exit code, out, err."""
+    from jobs.validate_data import main
+
+    monkeypatch.setattr(sys, "argv", ["validate_data", *args])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    out, err = capsys.readouterr()
+    return exit.value.code, out, err
+
+
+def test_validate_data_cli(folder, ray_client, tmp_path, monkeypatch, capsys):
     path = write_dataset(folder, BAD_DATASET)
     cache = ["--cache-dir", str(tmp_path / "cache")]
-    address = {"RAY_ADDRESS": ray_cluster.gcs}  # the shared test cluster: no Ray start per call
+    address = {"RAY_ADDRESS": ray_client.gcs}  # the shared test cluster: no Ray start per call
     result = run_job("validate_data", "--data", str(path), "--image-folder", str(folder), "--template", "vicuna_v1",
                      "--max-length", "200", *cache, env=address)  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     for rid in ("missing", "corrupt", "bad-turns", "long"):
         assert f"- {rid}: " in result.stdout
     assert "tokens per sample: p50" in result.stdout and "records checked in" in result.stdout
+    # the same command in this process: a good set passes, and a second run comes from the cache
     good = folder / "good.jsonl"
     good.write_text("\n".join(json.dumps(r) for r in BAD_DATASET if r["id"].startswith("good")))
-    result = run_job("validate_data", "--data", str(good), "--image-folder", str(folder), *cache, env=address)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 samples, 2 ok, 0 with problems" in result.stdout
-    result = run_job("validate_data", "--data", str(good), "--image-folder", str(folder), *cache, env=address)
-    assert result.returncode == 0 and "from the cache (no image changed)" in result.stdout, result.stdout + result.stderr
-    result = run_job("validate_data", "--data", str(good), "--template", "vicunaa", *cache, env=address)
-    assert result.returncode == 2 and "did you mean 'vicuna_v1'" in result.stderr
+    code, out, err = validate_data_in_process(monkeypatch, capsys, "--data", str(good), "--image-folder", str(folder), *cache)
+    assert code == 0 and "2 samples, 2 ok, 0 with problems" in out, out + err
+    code, out, err = validate_data_in_process(monkeypatch, capsys, "--data", str(good), "--image-folder", str(folder), *cache)
+    assert code == 0 and "from the cache (no image changed)" in out, out + err
+    code, out, err = validate_data_in_process(monkeypatch, capsys, "--data", str(good), "--template", "vicunaa", *cache)
+    assert code == 2 and "did you mean 'vicuna_v1'" in err
 
 
 def test_the_first_trained_token_from_a_head_of_the_text_is_the_whole_texts(tiny_bundle):

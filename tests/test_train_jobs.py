@@ -275,11 +275,21 @@ def test_ddp_steps_equal_one_worker_over_a_kill_and_a_resume(ddp_run, tiny_check
 
 
 @pytest.fixture(scope="module", params=["zero2", "zero3"])
-def zero_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
-    # the tower frozen (the tiny spec trains it): ZeRO must leave frozen weights exactly as they were; AdamW, as
-    # ZeRO's partitions are no whole matrices for the spec's Muon
-    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}",
-                        "train.optimizer=adamw", "train.train_vision_tower=false", f"train.peak_tflops={PEAK_TFLOPS}")  # fmt: skip
+def zero_run(request, ray_cluster, s3_server, tmp_path_factory, tiny_checkpoint, data):
+    """The tower frozen (the tiny spec trains it): ZeRO must leave frozen weights exactly as they were; AdamW, as
+    ZeRO's partitions are no whole matrices for the spec's Muon. The zero2 run reads its records and images from the
+    S3-compatible store (storage.endpoint_url; credentials from the nodes' environment), and keeps its shards and its
+    data check's cache there too."""
+    overrides = []
+    if request.param == "zero2":
+        prefix = s3_server.upload_folder(data.root, f"job-data-{int(time.time())}")
+        overrides = [f"data.path={prefix}/finetune.json", f"data.image_folder={prefix}", f"data.cache_dir={prefix}-cache",
+                     f"storage.endpoint_url={s3_server.endpoint}"]  # fmt: skip
+    run = run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, f"train.strategy={request.param}",
+                       "train.optimizer=adamw", "train.train_vision_tower=false", f"train.peak_tflops={PEAK_TFLOPS}",
+                       *overrides)  # fmt: skip
+    run.s3_prefix = prefix if overrides else None
+    return run
 
 
 def flops_per_token(run: Run) -> float:
@@ -289,7 +299,7 @@ def flops_per_token(run: Run) -> float:
     return float(rate[2]) / 100 * PEAK_TFLOPS * 1e12 / float(rate[1])
 
 
-def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_checkpoint, data):
+def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_checkpoint, data, s3_server):
     assert zero_run.returncode == 0, zero_run.output[-3000:]
     assert_loss_falls(zero_run)
     # the same init, data and first batch: ZeRO's step-1 loss is DDP's; and every step is one worker's
@@ -308,34 +318,34 @@ def test_zero_trains_like_ddp_and_saves_whole_weights(zero_run, ddp_run, tiny_ch
     tower = [n for n in before if "vision_tower" in n]
     assert all(torch.equal(before[n], after[n]) for n in tower)  # the tower stayed frozen
     assert_final_answers_like_plain_transformers(zero_run, data)
+    if zero_run.s3_prefix is not None:  # the same steps from the records and images on object storage
+        assert_read_from_object_storage(zero_run, data, s3_server)
 
 
-# --------------------------------------------------------------------------- LoRA / QLoRA
+def assert_read_from_object_storage(run: Run, data, s3_server) -> None:
+    assert "96 samples, 96 ok" in run.output and s3_server.storage.list_files(f"{run.s3_prefix}-cache")
+    provenance = json.loads((run.final / "provenance.json").read_text())
+    assert provenance["data"]["path"] == f"{run.s3_prefix}/finetune.json"
+    assert provenance["data"]["sha256"] == hashlib.sha256(data.finetune.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module", params=["lora", "qlora"])
-def adapter_run(request, ray_cluster, tmp_path_factory, tiny_checkpoint, data):
-    quantization = "4bit" if request.param == "qlora" else "none"
-    # LoRA's usual 10x the full fine-tune lr: rank-8 adapters on a random-init LLM move slowly
-    return run_training(ray_cluster, tmp_path_factory, tiny_checkpoint, data, request.param, "scaling.num_workers=1",
-                        "model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", f"model.quantization={quantization}",
-                        "train.lr=1e-2", "train.projector_lr=1e-3")  # fmt: skip
+# --------------------------------------------------------------------------- QLoRA (the submitted job below)
 
 
-def test_adapter_runs_save_adapters_and_a_merged_final(adapter_run, data):
-    assert adapter_run.returncode == 0, adapter_run.output[-3000:]
-    assert_loss_falls(adapter_run, by=0.1)  # rank-8 adapters: 6.8 -> ~5.7 in 12 steps
-    model_dir = adapter_run.checkpoints()[-1] / "model"
+# LoRA's usual 10x the full fine-tune lr: rank-8 adapters on a random-init LLM move slowly
+ADAPTERS = ["model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", "train.lr=1e-2", "train.projector_lr=1e-3"]
+
+
+def assert_adapter_checkpoint_and_merged_final(run: Run, data, quantization: str) -> None:
+    """The run's checkpoints hold adapters on the base as trained; final/ is a merged, unquantized model (that it
+    answers as the adapters do, to 1e-3 in its logits: tests/test_final_model.py)."""
+    model_dir = run.checkpoints()[-1] / "model"
     assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "model.safetensors").exists()
     saved = load_checkpoint(model_dir).spec
-    assert saved.lora.r == 8 and saved.quantization == ("4bit" if adapter_run.name == "qlora" else "none")
-    assert not (adapter_run.final / "adapter_config.json").exists() and (adapter_run.final / "model.safetensors").is_file()
-    # the adapters over the unquantized base answer exactly as the merged model
-    if adapter_run.name == "lora":  # (QLoRA's exact equivalence, on logits: tests/test_final_model.py)
-        adapters = answers(InferenceEngine(load_checkpoint(model_dir)), data)
-        merged = answers(InferenceEngine(load_checkpoint(adapter_run.final)), data)
-        assert adapters == merged
-    assert_final_answers_like_plain_transformers(adapter_run, data)
+    assert saved.lora.r == 8 and saved.quantization == quantization
+    assert not (run.final / "adapter_config.json").exists() and (run.final / "model.safetensors").is_file()
+    assert load_checkpoint(run.final).spec.quantization == "none"
+    assert_final_answers_like_plain_transformers(run, data)
 
 
 # --------------------------------------------------------------------------- ray job submit / stop, bad data
@@ -360,31 +370,13 @@ def ray_job_submit(cluster, job_id: str, command: list[str], *flags: str) -> sub
     return submit
 
 
-def test_ray_job_submit_trains_to_a_loadable_final(ray_cluster, tiny_checkpoint, data, tmp_path):
-    job_id = f"llava-finetune-{int(time.time())}"
-    command = submitted_command(tiny_checkpoint, data, tmp_path, "submitted", "scaling.num_workers=1", "train.max_steps=6",
-                                "train.loggers=[tensorboard]", "data.template=vicuna_v1")  # fmt: skip
-    submit = ray_job_submit(ray_cluster, job_id, command)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
-    assert JobSubmissionClient(ray_cluster.dashboard).get_job_status(job_id) == JobStatus.SUCCEEDED
-    assert "[train] step 6/6" in submit.stdout
-    bundle = load_checkpoint(tmp_path / "out" / "final")
-    assert answers(InferenceEngine(bundle), data, n=1)
-    # tuned on data.template (not the tiny preset's mistral_instruct): the model answers in that template
-    prompt = bundle.processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                                                  add_generation_prompt=True)  # fmt: skip
-    assert bundle.template.name == "vicuna_v1" and prompt.endswith("USER: hi ASSISTANT:"), prompt
-    # train.loggers: every logged step's metrics reach TensorBoard
-    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
-    events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
-    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
-
-
 def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster, tiny_checkpoint, data, tmp_path):
-    """`ray job submit --no-wait`, `ray job logs --follow` until step 5, `ray job stop`; the same command
-    submitted again resumes from the last checkpoint (step 4, or 8 if the stop came late) and finishes."""
-    command = submitted_command(tiny_checkpoint, data, tmp_path, "rerun", "scaling.num_workers=1")
+    """`ray job submit --no-wait` of a QLoRA finetune in another template, `ray job logs --follow` until step 5, `ray
+    job stop`; the same command submitted again resumes from the last checkpoint (step 4, or 8 if the stop came late:
+    adapters reloaded on the 4-bit base) and finishes, its final/ the merged model, in the template it was tuned in,
+    its metrics in TensorBoard."""
+    command = submitted_command(tiny_checkpoint, data, tmp_path, "rerun", "scaling.num_workers=1", "model.quantization=4bit",
+                                *ADAPTERS, "data.template=vicuna_v1", "train.loggers=[tensorboard]")  # fmt: skip
     first, second = f"llava-rerun-1-{int(time.time())}", f"llava-rerun-2-{int(time.time())}"
     submit = ray_job_submit(ray_cluster, first, command, "--no-wait")
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
@@ -408,11 +400,25 @@ def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster
     resubmit = ray_job_submit(ray_cluster, second, command)
     assert resubmit.returncode == 0 and client.get_job_status(second) == JobStatus.SUCCEEDED, resubmit.stdout[-3000:]
     output = unique_lines(resubmit.stdout)
+    assert "TrainingReport(" not in output  # Ray Train's per-report dump beside our step lines (worker.quiet_report_log)
     [resumed] = [m[1] for m in STARTED.finditer(output)]
     assert resumed in ("resumed at step 4", "resumed at step 8"), output[-3000:]
     start = int(resumed.rsplit(" ", 1)[1])
     assert start <= stopped_at and [int(m[1]) for m in STEP.finditer(output)] == list(range(start + 1, 13))
-    assert (tmp_path / "out" / "final").is_dir()
+    run = Run(0, output, tmp_path, "rerun")
+    first_loss, last_losses = float(STEP.search("".join(logged))[3]), [loss for _, loss in run.steps[-3:]]
+    assert sum(last_losses) / 3 < 0.9 * first_loss, (first_loss, last_losses)  # rank-8 adapters: 6.8 -> ~5.7 in 12 steps
+    assert_adapter_checkpoint_and_merged_final(run, data, "4bit")
+    # tuned on data.template (not the tiny preset's mistral_instruct): the model answers in that template
+    bundle = load_checkpoint(run.final)
+    prompt = bundle.processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                                  add_generation_prompt=True)  # fmt: skip
+    assert bundle.template.name == "vicuna_v1" and prompt.endswith("USER: hi ASSISTANT:"), prompt
+    # train.loggers: the steps of the resumed job reach TensorBoard, with every metric
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert set(range(start + 1, 13)) <= {e.step for e in events.Scalars("train/loss")}
+    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
 
 
 def test_bad_records_stop_the_job_before_training(ray_cluster, tiny_checkpoint, data, tmp_path):
@@ -429,22 +435,7 @@ def test_bad_records_stop_the_job_before_training(ray_cluster, tiny_checkpoint, 
     assert "[train] step" not in output and not (tmp_path / "ray" / "bad").exists()
 
 
-# --------------------------------------------------------------------------- object storage, room for preprocessing
-
-
-def test_a_job_reads_its_records_and_images_from_object_storage(ray_cluster, s3_server, tiny_checkpoint, data, tmp_path):
-    """data.path and data.image_folder on an S3-compatible store (storage.endpoint_url; credentials from the nodes'
-    environment), the shards and the check's cache there too."""
-    prefix = s3_server.upload_folder(data.root, f"job-data-{int(time.time())}")
-    args = train_args("finetune", tiny_checkpoint, data, tmp_path, "s3-data", "scaling.num_workers=1", "train.max_steps=4",
-                      f"data.path={prefix}/finetune.json", f"data.image_folder={prefix}", f"data.cache_dir={prefix}-cache",
-                      f"storage.endpoint_url={s3_server.endpoint}")  # fmt: skip
-    code, output = launch(args, ray_cluster)
-    assert code == 0 and "[train] step 4/4" in output, output[-3000:]
-    assert "96 samples, 96 ok" in output and s3_server.storage.list_files(f"{prefix}-cache")
-    provenance = json.loads((tmp_path / "out" / "final" / "provenance.json").read_text())
-    assert provenance["data"]["path"] == f"{prefix}/finetune.json"
-    assert provenance["data"]["sha256"] == hashlib.sha256(data.finetune.read_bytes()).hexdigest()
+# --------------------------------------------------------------------------- room for preprocessing
 
 
 def publish_autoscaler_config(cluster, max_cpus: int) -> None:

@@ -10,7 +10,7 @@ from llava_platform.config import TrainSpec
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.data.synthetic import generate
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model import ModelBundle
 from llava_platform.train.loop import train
 from llava_platform.train.plan import DataPlan
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 
-__all__ = ["user_errors_exit", "quiet_transformers"]
+__all__ = ["user_errors_exit", "quiet_transformers", "drop_bitsandbytes_kernel_notice"]
 
 
 def user_errors_exit(main: Callable[[], None]) -> Callable[[], None]:
@@ -33,3 +34,26 @@ def quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message template starts with `prefix`; every other record passes."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# bitsandbytes (0.50) on a CPU with AVX512-BF16, when it is imported (peft imports it whether or not anything is
+# quantized): it asks the Hugging Face Hub for an optional 4-bit CPU kernel ("kernels-community/..."), and when the
+# Hub cannot vouch for it (offline, untrusted publisher) it logs this warning and uses its own kernel, as it should.
+_BNB_KERNEL_NOTICE = _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def drop_bitsandbytes_kernel_notice() -> None:
+    """Silence bitsandbytes' start-up warning about its optional CPU kernel: that one record of that one logger
+    (`bitsandbytes.backends.cpu.ops`), installed before anything imports bitsandbytes (llava_platform/__init__.py)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BNB_KERNEL_NOTICE)

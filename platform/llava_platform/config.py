@@ -263,7 +263,10 @@ class TrainSpec(StrictModel):
         None, gt=0, description="optimizer steps between checkpoints (one is always written at the end)"
     )
     keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept in the run's storage")
-    merge_lora: bool = Field(True, description="final/ holds the LoRA-merged model; false: the adapters and projector")
+    merge_lora: bool = Field(
+        True, description="final/ holds the LoRA-merged model (unquantized, in model.dtype); false: the adapters with "
+        "every weight trained in place (projector, and the tower if it trained), loaded on the base they trained on"
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="per-device peak for MFU; default: known GPUs (H100 989, A100 312), none on CPU"
     )

@@ -23,9 +23,10 @@ from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from llava_platform.config import SamplingSpec
+from llava_platform.config import ModelSpec, SamplingSpec
 from llava_platform.data.templates import IMAGE_PLACEHOLDER, Message, TemplateError
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model.builder import load_checkpoint
+from llava_platform.model.bundle import ModelBundle
 
 __all__ = ["GenerationRequest", "GenerationResult", "StreamEvent", "InferenceEngine"]
 
@@ -89,9 +90,6 @@ class InferenceEngine:
 
     @classmethod
     def from_checkpoint(cls, path: str, **spec_fields) -> "InferenceEngine":
-        from llava_platform.config import ModelSpec
-        from llava_platform.model.checkpoint import load_checkpoint
-
         return cls(load_checkpoint(path, ModelSpec(checkpoint=str(path), **spec_fields)))
 
     def _stop_token_ids(self) -> list[int]:

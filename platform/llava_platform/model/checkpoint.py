@@ -1,6 +1,7 @@
-"""Save and load checkpoints: HF safetensors + processor + the resolved spec, written atomically.
+"""Source 2 of the loading chain: the platform's own checkpoints (HF safetensors + processor + resolved spec).
 
-Layout of a checkpoint directory (plain transformers loads it as it is):
+Saving (atomically), and loading of a full HF-format LLaVA / LLaVA-NeXT checkpoint. Layout of a checkpoint
+directory (plain transformers loads it as it is):
 
     config.json, model*.safetensors, generation_config.json    the model
     processor_config.json, tokenizer*, chat_template.jinja      the processor
@@ -8,8 +9,10 @@ Layout of a checkpoint directory (plain transformers loads it as it is):
 
 An adapter checkpoint has adapter_config.json + adapter_model.safetensors (model/lora.py) in
 place of the model files; its llava_platform.yaml names the base model, its quantization and the
-LoRA settings. It loads on the base it was trained on (a QLoRA run's: 4-bit); load_merged_adapters
-folds it into one plain model.
+LoRA settings. This module reads that spec (adapter_base_spec) and puts the adapters on a base
+(attach_adapters); building the base, from whichever source the spec names, is builder.py's job,
+so `builder.load_checkpoint` is the one call that loads either kind. Within the package it depends on bundle,
+lora and projector only.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneratio
 
 from llava_platform.config import ModelSpec, dump, validate
 from llava_platform.data.templates import get_template
-from llava_platform.model.builder import DTYPES, ModelBundle, quantization_config
-from llava_platform.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter_weights, merge_lora, save_adapter
+from llava_platform.model.bundle import DTYPES, ModelBundle, quantization_config
+from llava_platform.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter_weights, save_adapter
 from llava_platform.model.projector import restore_projector_weights
 
 __all__ = [
-    "SPEC_FILE", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_merged_adapters", "load_checkpoint_spec",
-    "atomic_directory",
+    "SPEC_FILE", "save_checkpoint", "copy_checkpoint", "load_checkpoint_spec", "load_hf_checkpoint", "atomic_directory",
+    "is_adapter_checkpoint", "adapter_base_spec", "attach_adapters",
 ]  # fmt: skip
 
 SPEC_FILE = "llava_platform.yaml"
@@ -113,19 +116,15 @@ def _image_mode_of(config, processor) -> str:
     return "pad" if getattr(processor.image_processor, "do_pad", False) else "square"
 
 
-def load_checkpoint(path: str | Path, spec: ModelSpec | None = None, device: str | torch.device | None = None) -> ModelBundle:
-    """Load an HF-format LLaVA / LLaVA-NeXT checkpoint (a directory, or a hub id for users with network),
-    or a platform adapter checkpoint (LoRA adapters over the base its llava_platform.yaml names).
+def load_hf_checkpoint(path: str | Path, spec: ModelSpec, device: str | torch.device | None = None) -> ModelBundle:
+    """Load a full HF-format LLaVA / LLaVA-NeXT checkpoint (a directory, or a hub id for users with network).
 
     The template comes from `spec.template`, else from the checkpoint's llava_platform.yaml;
     a checkpoint with neither is an error (no guessing from the model name). `device` places
     the weights as they load (needed for bitsandbytes on a GPU); default CPU.
     """
-    spec = spec or ModelSpec(checkpoint=str(path))
     local = Path(path)
     saved = load_checkpoint_spec(local)
-    if (local / ADAPTER_CONFIG).exists():
-        return _load_adapter_checkpoint(local, spec, saved, device)
     template = spec.template or (saved.template if saved else None)
     if template is None:
         raise ValueError(
@@ -156,26 +155,37 @@ def load_checkpoint(path: str | Path, spec: ModelSpec | None = None, device: str
     return ModelBundle(model, processor, get_template(template), resolved)
 
 
-def _load_adapter_checkpoint(path: Path, spec: ModelSpec, saved: ModelSpec | None, device,
-                             dequantize_to: torch.dtype | None = None) -> ModelBundle:  # fmt: skip
-    """The base model the adapters were trained on (from the saved spec: its source and quantization), with the
-    adapters applied, unmerged. `dequantize_to`: a quantized base's LLM linears become nn.Linear of this dtype
-    holding dequant(quant(W)) before the adapters go on (for a merge into what training computed with)."""
-    from llava_platform.model.builder import build_model  # builder imports this module
+def is_adapter_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a local adapter checkpoint (LoRA adapters over a base its llava_platform.yaml names)."""
+    return (Path(path) / ADAPTER_CONFIG).exists()
 
+
+def _chosen_at_load(spec: ModelSpec, saved: ModelSpec) -> dict:
+    # a template given at load wins over the saved one, as for full checkpoints
+    return dict(dtype=spec.dtype, template=spec.template or saved.template)
+
+
+def adapter_base_spec(path: Path, spec: ModelSpec, saved: ModelSpec | None) -> ModelSpec:
+    """The spec of the base model an adapter checkpoint's adapters were trained on (its source and quantization,
+    from the saved spec `saved`), with the dtype and template asked for at load (`spec`)."""
     if saved is None or saved.lora is None:
         raise ValueError(f"{path}: an adapter checkpoint needs its {SPEC_FILE} (with model.lora) to rebuild the base model")
     _check_quantization(path, spec, saved)
-    # a template given at load wins over the saved one, as for full checkpoints
-    chosen = dict(dtype=spec.dtype, template=spec.template or saved.template)
-    bundle = build_model(saved.model_copy(update=dict(lora=None, **chosen)), device=device)
-    base = bundle.model
-    if dequantize_to is not None and getattr(base, "is_quantized", False):
+    return saved.model_copy(update=dict(lora=None, **_chosen_at_load(spec, saved)))
+
+
+def attach_adapters(base: ModelBundle, path: Path, spec: ModelSpec, saved: ModelSpec,
+                    dequantize_to: torch.dtype | None = None) -> ModelBundle:  # fmt: skip
+    """The adapter checkpoint at `path` applied, unmerged, to `base` (built from adapter_base_spec).
+    `dequantize_to`: a quantized base's LLM linears become nn.Linear of this dtype holding dequant(quant(W))
+    before the adapters go on (for a merge into what training computed with)."""
+    model = base.model
+    if dequantize_to is not None and getattr(model, "is_quantized", False):
         # right after loading: bitsandbytes' CPU inference repacks 4-bit weights into a layout dequantize() misreads
-        base = base.dequantize(dtype=dequantize_to)
-    model = apply_lora(base, saved.lora)
+        model = model.dequantize(dtype=dequantize_to)
+    model = apply_lora(model, saved.lora)
     load_adapter_weights(model, path)
-    return ModelBundle(model.eval(), bundle.processor, bundle.template, saved.model_copy(update=chosen))
+    return ModelBundle(model.eval(), base.processor, base.template, saved.model_copy(update=_chosen_at_load(spec, saved)))
 
 
 def _check_quantization(path: Path, spec: ModelSpec, saved: ModelSpec) -> None:
@@ -188,24 +198,3 @@ def _check_quantization(path: Path, spec: ModelSpec, saved: ModelSpec) -> None:
             f"Load the run's merged final/ instead (a plain model, which loads with any model.quantization), or "
             f"set model.quantization: {saved.quantization} (or leave it out)"
         )
-
-
-def load_merged_adapters(path: str | Path, dtype: str) -> ModelBundle:
-    """An adapter checkpoint as one plain model in `dtype`: the adapters merged into the weights the run trained on.
-
-    A quantized base (QLoRA) loads as trained, in the saved dtype (the same 4-bit codes), and is dequantized to
-    `dtype` before the adapters go on: its LLM linears become nn.Linear holding dequant(quant(W)), what the 4-bit
-    layers computed with, and peft merges into those (its merge into bitsandbytes layers would quantize W + BA
-    again: the adapters rounded away). An unquantized base loads in `dtype`: the merged model takes the memory of
-    the model in its own dtype (a 7B in bfloat16: ~14 GB), no more. The trained projector and the base weights
-    trained in place come from the checkpoint. Its spec is the saved one, unquantized and without lora (its source
-    still names the base model).
-    """
-    path = Path(path)
-    saved = load_checkpoint_spec(path)
-    quantized = saved is not None and saved.quantization != "none"
-    load_spec = ModelSpec(checkpoint=str(path), dtype=saved.dtype if quantized else dtype)
-    bundle = _load_adapter_checkpoint(path, load_spec, saved, device=None, dequantize_to=DTYPES[dtype])
-    model = merge_lora(bundle.model).to(DTYPES[dtype])
-    spec = bundle.spec.model_copy(update=dict(dtype=dtype, quantization="none", lora=None))
-    return ModelBundle(model, bundle.processor, bundle.template, spec)

@@ -1,4 +1,7 @@
-"""Convert a checkpoint of the original LLaVA code (haotian-liu/LLaVA) into the HF layout.
+"""Source 3 of the loading chain: a checkpoint of the original LLaVA code (haotian-liu/LLaVA), converted to the HF layout.
+
+It builds on assemble.py (the converted LLM and tower are assembled like components, then the original
+projector weights go in) and bundle.py; builder.py dispatches model.original_checkpoint here.
 
 Original layout: one flat LLM config (model_type llava_llama / llava_mistral) with mm_* fields,
 weights with the LLM's own keys plus
@@ -24,7 +27,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel
 
 from llava_platform.config import ModelSpec
-from llava_platform.model.builder import DTYPES, ModelBundle, _resolve, assemble_model, image_stats, load_vision_tower
+from llava_platform.model.assemble import assemble_model, image_stats, load_vision_tower, resolve_spec
+from llava_platform.model.bundle import DTYPES, ModelBundle
 from llava_platform.model.projector import projector_depth
 
 __all__ = ["load_original_checkpoint", "read_original_weights"]
@@ -87,7 +91,7 @@ def _resolve_original(path: Path, cfg: dict, spec: ModelSpec) -> ModelSpec:
     )
     if cfg.get("image_grid_pinpoints") and not spec.image_grid_pinpoints:
         update["image_grid_pinpoints"] = _original_pinpoints(path, cfg["image_grid_pinpoints"])
-    return _resolve(spec.model_copy(update=update), None, cfg.get("mm_projector_type", "linear"))
+    return resolve_spec(spec.model_copy(update=update), None, cfg.get("mm_projector_type", "linear"))
 
 
 def _check_keys(what: str, missing: list[str], unexpected: list[str], allowed_missing: set[str], fix: str) -> None:

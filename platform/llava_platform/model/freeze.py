@@ -6,6 +6,8 @@
                         image features (those after model.config.vision_feature_layer, the post-norm and
                         pooling head never get a gradient, so they stay frozen)
     tiny preset         random-init LLM: stage 1 trains it too (train.train_llm)
+
+Not part of the loading chain: it imports nothing from the package, and only training uses it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ An adapter checkpoint is peft's own (adapter_config.json, adapter_model.safetens
 adapters and the trained projector) plus TRAINED_BASE_FILE: base parameters trained in place
 (LLaVA-NeXT's image_newline, a vision tower trained with train.train_vision_tower). A model loaded
 from such a checkpoint remembers which parameters that file set, so saving it again keeps them.
+
+A leaf of the loading chain (no import from the package): checkpoint saves and attaches adapters with it,
+builder merges them, training wraps a model with it.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def merge_lora(model: PeftModel) -> PreTrainedModel:
     """
     if getattr(model, "is_quantized", False):
         raise ValueError("merge_lora: the base is bitsandbytes-quantized (QLoRA), and merging would quantize the "
-                         "adapters away; merge an adapter checkpoint with checkpoint.load_merged_adapters, which "
+                         "adapters away; merge an adapter checkpoint with llava_platform.model.load_merged_adapters, which "
                          "dequantizes the base first")  # fmt: skip
     return model.merge_and_unload()
 

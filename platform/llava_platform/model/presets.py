@@ -1,4 +1,4 @@
-"""Named model presets: they only pin numbers and names; `builder.py` does the building.
+"""Named model presets: they only pin numbers and names; `assemble.py` does the building (a leaf of the loading chain).
 
 Each preset pins the vision tower and LLM (hub ids, plus their shapes so that
 `init: random` needs no download), the projector, the conversation template and

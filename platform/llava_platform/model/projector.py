@@ -7,7 +7,9 @@ transformers' LlavaMultiModalProjector is fixed at linear_1 -> act -> linear_2.
 - mlpNx_gelu (N > 2) needs linear_3.. that HF's class lacks: the platform swaps in
   `MlpProjector` and records `projector_type` in config.json. Such checkpoints load
   through `llava_platform.model.load_checkpoint` only (plain transformers would
-  drop linear_3+); builder warns when one is built.
+  drop linear_3+); assemble warns when one is built.
+
+A leaf of the loading chain (no import from the package): assemble installs projectors, checkpoint restores them.
 """
 
 from __future__ import annotations

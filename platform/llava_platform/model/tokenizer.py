@@ -3,12 +3,16 @@
 The tiny tokenizer is byte-level BPE: every UTF-8 string encodes with no unknown
 token. Its merges are learnt, deterministically, from a fixed corpus (the
 templates' fixed text plus plain English), so prompts stay short.
+
+A leaf of the loading chain (no import from the package): assemble uses it.
 """
 
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from llava_platform.data.templates import TEMPLATES
 
 __all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "build_tiny_tokenizer", "add_platform_tokens"]
 
@@ -30,8 +34,6 @@ I you we they he she can could would should do does did have has had with withou
 
 
 def _corpus() -> list[str]:
-    from llava_platform.data.templates import TEMPLATES  # local import: data imports model.tokenizer
-
     texts = [t.system for t in TEMPLATES.values() if t.system]
     texts += [" ".join(t.roles) for t in TEMPLATES.values()]
     texts += ["[INST] [/INST] <<SYS>> <</SYS>> USER: ASSISTANT: Answer the question using a single word or phrase."]

@@ -17,7 +17,8 @@ from typing import Any
 import ray.train
 
 from llava_platform.config import ModelSpec, TrainJobSpec
-from llava_platform.model.checkpoint import copy_checkpoint, load_checkpoint, load_merged_adapters, save_checkpoint
+from llava_platform.model.builder import load_checkpoint, load_merged_adapters
+from llava_platform.model.checkpoint import copy_checkpoint, save_checkpoint
 from llava_platform.model.lora import ADAPTER_CONFIG
 from llava_platform.train.setup import RESOLVED_FIELDS
 from llava_platform.train.state import MODEL_DIR

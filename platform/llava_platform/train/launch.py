@@ -2,11 +2,12 @@
 
     python -m jobs.finetune --config jobs/configs/tiny_finetune.yaml [dotted.key=value ...]
 
-Order: the spec -> Ray (the cluster named by RAY_ADDRESS / `ray job submit`, else ray.init()'s
-default) -> room for preprocessing next to the workers -> the dataset check on Ray Data, cached
-(fails naming the bad ids, or skips them with the report) -> the plan -> TorchTrainer.fit(): each
-worker streams its own samples (a run with the same name and storage restarts from its latest
-checkpoint) -> <output_dir>/final/ with provenance.json (the spec, the data's hash, the code).
+Order: the spec -> Ray (the cluster named by RAY_ADDRESS / `ray job submit`, else this machine's running
+cluster, else a local one: llava_platform.cluster) -> room for preprocessing next to the workers -> the
+dataset check on Ray Data, cached (fails naming the bad ids, or skips them with the report) -> the plan
+-> TorchTrainer.fit(): each worker streams its own samples (a run with the same name and storage
+restarts from its latest checkpoint) -> <output_dir>/final/ with provenance.json (the spec, the data's
+hash, the code).
 
 The driver holds no record: the check's report and three arrays over the good samples.
 """
@@ -27,6 +28,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from transformers import ProcessorMixin
 
 from llava_platform.cli import quiet_transformers, user_errors_exit
+from llava_platform.cluster import connect
 from llava_platform.config import TrainJobSpec, load
 from llava_platform.data.pipeline import CheckedData, EncoderConfig, check_cache_fits, check_dataset, encode_all
 from llava_platform.model.builder import build_processor_for
@@ -105,10 +107,10 @@ def _preprocess_tasks(spec: TrainJobSpec) -> int:
 
 
 def connect_ray() -> None:
-    """The cluster RAY_ADDRESS names (`ray job submit` sets it), else a local one; Ray Data quiet on the console
+    """The cluster RAY_ADDRESS names (`ray job submit` sets it), else this machine's running cluster, else a new
+    local Ray, never a wait on a cluster that is gone (llava_platform.cluster); Ray Data quiet on the console
     (the context is carried to the workers by Ray Train)."""
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     quiet = ray.data.DataContext.get_current()
     quiet.enable_progress_bars = False
     quiet.print_on_execution_start = False

@@ -26,7 +26,8 @@ from llava_platform.config import TrainSpec
 from llava_platform.data.collate import collate
 from llava_platform.data.images import PixelNormalizer
 from llava_platform.data.samples import EncodedSample, blank_sample
-from llava_platform.model.builder import ModelBundle, has_cls_token
+from llava_platform.model.assemble import has_cls_token
+from llava_platform.model.bundle import ModelBundle
 from llava_platform.model.freeze import apply_freeze, param_groups
 from llava_platform.train.flops import StepShape, mfu, training_flops
 from llava_platform.train.muon import MuonWithAdamW

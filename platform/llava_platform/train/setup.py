@@ -16,7 +16,8 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from llava_platform.config import TrainJobSpec
-from llava_platform.model.builder import DTYPES, ModelBundle, build_model, model_template
+from llava_platform.model.builder import build_model, model_template
+from llava_platform.model.bundle import DTYPES, ModelBundle
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import apply_lora, load_adapter_weights
 from llava_platform.train.loop import build_optimizer

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_platform.config import TrainJobSpec, dump
-from llava_platform.model.builder import ModelBundle
+from llava_platform.model.bundle import ModelBundle
 from llava_platform.model.checkpoint import save_checkpoint
 from llava_platform.train.plan import DataPlan
 from llava_platform.train.strategy import DeepSpeedRunner, StepRunner

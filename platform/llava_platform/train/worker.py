@@ -34,7 +34,7 @@ from llava_platform.train.plan import DataPlan
 from llava_platform.train.setup import build_training
 from llava_platform.train.state import save_training_state
 
-__all__ = ["train_worker", "ENCODED_DATASET"]
+__all__ = ["train_worker", "quiet_report_log", "ENCODED_DATASET"]
 
 # Ray Train's worker logger prints INFO records once (its patched print() would echo them twice)
 log = logging.getLogger(__name__)
@@ -64,8 +64,22 @@ def _placement() -> dict[str, Any]:
     return {"node_ids": [w["node_id"] for w in everyone], "pids": [w["pid"] for w in everyone]}
 
 
+def quiet_report_log() -> None:
+    """No "Reporting training result N: TrainingReport(checkpoint=..., metrics={...})" line per ray.train.report.
+
+    Ray Train (2.60) logs that at INFO on a logger named by its file path (logging.getLogger(__file__) in
+    ray/train/v2/_internal/execution/context.py), which is outside "ray.train", so RunConfig's
+    LoggingConfig(log_level="WARNING") does not reach it, and the worker's root logger passes INFO (our own
+    [train] line needs it). That one logger is set to WARNING.
+    """
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     quiet_transformers()
+    quiet_report_log()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # this worker's own input pipeline: no per-run notices
     spec = TrainJobSpec.model_validate(config["spec"])
     plan = DataPlan(**config["plan"])

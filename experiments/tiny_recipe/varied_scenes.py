@@ -1,4 +1,4 @@
-"""Varied synthetic scenes: the broad set the tiny base learns to see from (`jobs.make_synthetic_data --varied`).
+"""Varied synthetic scenes: the broad set the tiny base learns to see from (`make_scenes --varied`).
 
 The demo's scenes (synthetic.py) are one narrow task: 3 shapes, 4 colours, a 2x2 grid. A model that is
 to learn *another* small set in 6 minutes needs what CLIP gives LLaVA: a tower that has seen many

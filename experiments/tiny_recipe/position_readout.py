@@ -1,11 +1,11 @@
 """Can the tiny model tell where a named object is? A side question, scored by the number of objects.
 
-    python benchmarks/position_readout.py                      # from the shipped tiny base
-    python benchmarks/position_readout.py --base runs/exp/m    # from any checkpoint
-    python benchmarks/position_readout.py --random             # from the tiny preset, random init
-    python benchmarks/position_readout.py --names color        # "the red object" instead of "the star"
+    python -m experiments.tiny_recipe.position_readout                    # from the shipped tiny base
+    python -m experiments.tiny_recipe.position_readout --base runs/exp/m  # from any checkpoint
+    python -m experiments.tiny_recipe.position_readout --random           # from the tiny preset, random init
+    python -m experiments.tiny_recipe.position_readout --names color      # "the red object" instead of "the star"
 
-The transfer sets' weak kinds (free_scenes' relations, sealed_scenes' positions: README) ask the LLM
+The transfer sets' weak kinds (free_scenes' relations, sealed_scenes' positions: README.md here) ask the LLM
 to find two named objects among the 36 image tokens and to compare where they are. This asks where
 one is, without the comparison: varied scenes (the tiny base's generator), one question each, "Is the <name>
 on the left or on the right side?" or "Is the <name> at the top or at the bottom?", about an object
@@ -29,20 +29,20 @@ from pathlib import Path
 
 import torch
 
+from experiments.tiny_recipe import varied_scenes
+from experiments.tiny_recipe.drills import NAMINGS, objects_kind, side_question
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, TrainJobSpec, load
-from llava_platform.data import varied_scenes
-from llava_platform.data.drills import NAMINGS, objects_kind, side_question
 from llava_platform.data.images import load_image
 from llava_platform.data.records import parse_record
 from llava_platform.data.samples import SampleEncoder
 from llava_platform.eval.heldout import answer_held_out
-from llava_platform.model.builder import ModelBundle, build_model
-from llava_platform.model.checkpoint import load_checkpoint, save_checkpoint
+from llava_platform.model import ModelBundle, build_model, load_checkpoint, save_checkpoint
 from llava_platform.train.loop import train
 
-RECIPE = Path(__file__).resolve().parents[1] / "jobs/configs/tiny_finetune.yaml"
-TINY_BASE = Path(__file__).resolve().parents[1] / "jobs/assets/tiny-base"
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "jobs/configs/tiny_finetune.yaml"
+TINY_BASE = REPO / "jobs/assets/tiny-base"
 
 
 def write_split(folder: Path, prefix: str, count: int, rng: random.Random, naming: str) -> Path:

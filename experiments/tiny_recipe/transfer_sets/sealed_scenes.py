@@ -3,7 +3,7 @@
 (stdlib + Pillow only) as a sealed check of what the tiny base transfers to; it was opened only after
 the bases were scored on it (benchmarks/RESULTS.md, fifth session).
 
-    python benchmarks/sealed_scenes.py --out runs/sealed --num-train 4000 --num-test 200 --seed 0
+    python -m experiments.tiny_recipe.transfer_sets.sealed_scenes --out runs/sealed --num-train 4000 --num-test 200 --seed 0
     python -m jobs.demo --data runs/sealed --base jobs/assets/tiny-base --out runs/sealed_demo
 
 Writes DIR/images/*.png, DIR/finetune.json (1-4 turns per image) and DIR/test.json (one turn per

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_job
+from experiments.tests.conftest import run_module
+from experiments.tiny_recipe.varied_scenes import CANVASES, COLORS, KINDS, SHAPES, ask, generate, sample_scene
 from llava_platform.data.records import read_records
-from llava_platform.data.varied_scenes import CANVASES, COLORS, KINDS, SHAPES, ask, generate, sample_scene
 
 PLURALS = {shape + ("es" if shape == "cross" else "s"): shape for shape in SHAPES}
 
@@ -129,14 +129,17 @@ def test_an_unknown_question_kind_lists_the_kinds():
 
 
 def test_cli_writes_the_varied_dataset(tmp_path):
-    result = run_job("make_synthetic_data", "--varied", "--out", str(tmp_path / "d"), "--num-train", "12", "--num-test", "4")
+    result = run_module("experiments.tiny_recipe.make_scenes", "--varied", "--out", str(tmp_path / "d"), "--num-train", "12",
+                        "--num-test", "4", "--seed", "3")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "finetune: 12 records" in result.stdout and "test: 4 records" in result.stdout
+    assert "pretrain: 12 records" in result.stdout and "finetune: 12 records" in result.stdout and "test: 4 records" in result.stdout
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 16
+    assert (tmp_path / "d" / "test.json").read_bytes() == generate(tmp_path / "e", 12, 4, seed=3).test.read_bytes()
 
 
-def test_cli_refuses_an_image_size_it_would_ignore(tmp_path):
-    result = run_job("make_synthetic_data", "--varied", "--image-size", "128", "--out", str(tmp_path / "d"))
-    assert result.returncode == 2
-    assert "--image-size sets the demo scenes' side" in result.stderr and "drop one of the two" in result.stderr
+def test_cli_needs_one_generator(tmp_path):
+    neither = run_module("experiments.tiny_recipe.make_scenes", "--out", str(tmp_path / "d"))
+    assert neither.returncode == 2 and "one of the arguments --varied --drill is required" in neither.stderr
+    both = run_module("experiments.tiny_recipe.make_scenes", "--varied", "--drill", "side", "--out", str(tmp_path / "d"))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
     assert not (tmp_path / "d").exists()

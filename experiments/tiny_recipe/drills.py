@@ -1,7 +1,7 @@
 """Drills on the varied scenes: datasets of one question family each, for what the tiny base learns slowly.
 
 varied_scenes asks 11 kinds, each a few times in 16 k-60 k scenes. Two skills stay weak after that
-(README, "The tiny base"): finding an object by its *shape* and reading where it is (relations between
+(experiments/tiny_recipe/README.md): finding an object by its *shape* and reading where it is (relations between
 two objects, "left or right side"), and counting shapes. A drill asks one family only, up to three
 questions per scene, on fresh varied scenes (sample_scene / draw):
 
@@ -16,7 +16,7 @@ questions per scene, on fresh varied scenes (sample_scene / draw):
     count                "How many stars are there?", "How many red objects are there?" (2 of 3) or
                          "How many objects are there?" (varied_scenes' count and total kinds)
 
-`jobs.make_synthetic_data --drill NAME` writes one; `jobs.refresh_base` trains a base on a mix of them.
+`python -m experiments.tiny_recipe.make_scenes --drill NAME` writes one; `refresh_base` trains a base on a mix of them.
 Output: finetune.json and test.json (one question per held-out scene, gold in "answer", kind
 "<drill> <n> objects") with images/, like varied_scenes without the captions. Deterministic for a seed.
 """
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_platform.data import varied_scenes
+from experiments.tiny_recipe import varied_scenes
+from experiments.tiny_recipe.varied_scenes import Scene, Thing
 from llava_platform.data.synthetic import check_counts, conversation
-from llava_platform.data.varied_scenes import Scene, Thing
 
 __all__ = ["DRILLS", "color_name", "generate_drill", "objects_kind", "side_question"]
 

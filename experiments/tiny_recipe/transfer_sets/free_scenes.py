@@ -1,6 +1,6 @@
 """A third synthetic LLaVA dataset, made as data the tiny recipe was not tuned on.
 
-    python benchmarks/free_scenes.py --out runs/free_scenes
+    python -m experiments.tiny_recipe.transfer_sets.free_scenes --out runs/free_scenes
     python -m jobs.demo --data runs/free_scenes --out runs/free_demo
 
 Free placement (no grid): 1-5 objects on a 128x96 px image, shapes triangle, ring, star, bar in 5 colours

@@ -1,5 +1,5 @@
-"""Drills (llava_platform.data.drills): one question family each on varied scenes, answers that follow
-from the stored scene, exact counts, deterministic; `make_synthetic_data --drill` writes them."""
+"""Drills (experiments.tiny_recipe.drills): one question family each on varied scenes, answers that follow
+from the stored scene, exact counts, deterministic; `make_scenes --drill` writes them."""
 
 import json
 import random
@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from conftest import run_job
-from llava_platform.data import varied_scenes
-from llava_platform.data.drills import DRILLS, NAMINGS, generate_drill, side_question
+from experiments.tests.conftest import encode_all, run_module
+from experiments.tiny_recipe import varied_scenes
+from experiments.tiny_recipe.drills import DRILLS, NAMINGS, generate_drill, side_question
 
 PLURALS = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star", "hexagons": "hexagon",
            "diamonds": "diamond", "crosses": "cross", "rings": "ring", "rectangles": "rectangle", "bars": "bar"}  # fmt: skip
@@ -124,15 +124,14 @@ def test_bad_arguments_say_what_to_change(tmp_path):
         generate_drill(tmp_path, "side", -1)
 
 
-def test_cli_writes_a_drill_that_validates(tmp_path, ray_cluster):
+def test_cli_writes_a_drill_the_platform_trains_on(tmp_path):
     out = tmp_path / "d"
-    result = run_job("make_synthetic_data", "--drill", "between", "--out", str(out), "--num-train", "12", "--num-test", "4")
+    result = run_module("experiments.tiny_recipe.make_scenes", "--drill", "between", "--out", str(out), "--num-train", "12",
+                        "--num-test", "4")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "finetune: 12 records" in result.stdout and "test: 4 records" in result.stdout and "pretrain" not in result.stdout
     assert len(list((out / "images").glob("*.png"))) == 16
-    checked = run_job("validate_data", "--data", str(out / "finetune.json"), "--image-folder", str(out), "--template", "mistral_instruct",
-                      "--cache-dir", str(tmp_path / "cache"), env={"RAY_ADDRESS": ray_cluster.gcs})  # fmt: skip
-    assert checked.returncode == 0 and "12 samples, 12 ok, 0 with problems" in checked.stdout, checked.stdout + checked.stderr
+    assert encode_all(out) == 12 and encode_all(out, "test.json") == 4
 
-    refused = run_job("make_synthetic_data", "--drill", "side", "--image-size", "96", "--out", str(tmp_path / "e"))
-    assert refused.returncode == 2 and "--drill draws canvases of five shapes" in refused.stderr
+    default = run_module("experiments.tiny_recipe.make_scenes", "--drill", "side", "--out", str(tmp_path / "e"), "--num-train", "1")
+    assert default.returncode == 0 and "test: 300 records" in default.stdout, default.stderr  # the recipe's held-out count

@@ -1,6 +1,6 @@
 """A second synthetic LLaVA dataset, unlike the platform's scenes, to see how the tiny recipe transfers.
 
-    python benchmarks/grid_scenes.py --out runs/grid_scenes --num-train 3000
+    python -m experiments.tiny_recipe.transfer_sets.grid_scenes --out runs/grid_scenes --num-train 3000
     python -m jobs.demo --data runs/grid_scenes --out runs/grid_demo
 
 What differs from `llava_platform.data.synthetic`: a 3x3 grid (cells do not line up with the tiny

@@ -1,4 +1,4 @@
-"""jobs.refresh_base: a base trained further on a pool of drills, in one process; bad --data is named
+"""refresh_base: a base trained further on a pool of drills, in one process; bad --data is named
 before the first step."""
 
 import json
@@ -6,18 +6,18 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_job
-from llava_platform.data.drills import generate_drill
+from experiments.tests.conftest import TINY_BASE, run_module
+from experiments.tiny_recipe.drills import generate_drill
 from llava_platform.eval.heldout import answer_held_out
 from llava_platform.model.checkpoint import load_checkpoint_spec
 
-BASE = REPO / "jobs" / "assets" / "tiny-base"
+REFRESH = "experiments.tiny_recipe.refresh_base"
 
 
 def test_refresh_trains_the_base_on_the_pooled_drills_and_writes_a_checkpoint(tmp_path):
     side, between = generate_drill(tmp_path / "side", "side", 24, 8, seed=0), generate_drill(tmp_path / "between", "between", 40, 0, seed=0)
     out = tmp_path / "refreshed"
-    result = run_job("refresh_base", "--base", str(BASE), "--out", str(out), "--steps", "3", "--log-every", "1",
+    result = run_module(REFRESH, "--base", str(TINY_BASE), "--out", str(out), "--steps", "3", "--log-every", "1",
                      "--data", f"{side}:20", str(between), "--held-out", str(side))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{side}:20: 20 records" in result.stdout and f"{between}: 40 records" in result.stdout
@@ -25,7 +25,7 @@ def test_refresh_trains_the_base_on_the_pooled_drills_and_writes_a_checkpoint(tm
     summary = json.loads((out / "refresh.json").read_text())
     assert summary["steps"] == 3 and summary["records"] == 60 and summary["data"] == [f"{side}:20", str(between)]
 
-    before, after = load_file(BASE / "model.safetensors"), load_file(out / "model.safetensors")
+    before, after = load_file(TINY_BASE / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("vision_tower" in k for k in moved) and any("language_model" in k for k in moved)  # the recipe trains both
@@ -39,15 +39,15 @@ def test_refresh_trains_the_base_on_the_pooled_drills_and_writes_a_checkpoint(tm
 
 def test_bad_data_is_named_before_training(tmp_path):
     drill = generate_drill(tmp_path / "d", "count", 6, 0, seed=0)
-    common = ["--base", str(BASE), "--out", str(tmp_path / "o"), "--steps", "2"]
+    common = ["--base", str(TINY_BASE), "--out", str(tmp_path / "o"), "--steps", "2"]
 
-    too_many = run_job("refresh_base", *common, "--data", f"{drill}:7")
+    too_many = run_module(REFRESH, *common, "--data", f"{drill}:7")
     assert too_many.returncode == 2 and "COUNT must be a whole number from 1 to 6" in too_many.stderr
 
-    no_data = run_job("refresh_base", *common, "--data", str(tmp_path / "nowhere"))
+    no_data = run_module(REFRESH, *common, "--data", str(tmp_path / "nowhere"))
     assert no_data.returncode == 2 and "no " + str(tmp_path / "nowhere" / "finetune.json") in no_data.stderr
 
     (drill / "images" / "train_00004.png").unlink()
-    missing = run_job("refresh_base", *common, "--data", str(drill))
+    missing = run_module(REFRESH, *common, "--data", str(drill))
     assert missing.returncode == 2 and "train_00004" in missing.stderr and "is missing" in missing.stderr
     assert not (tmp_path / "o").exists() and "step " not in missing.stdout
