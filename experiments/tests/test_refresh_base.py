@@ -2,6 +2,7 @@
 before the first step."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from safetensors.torch import load_file
@@ -41,13 +42,11 @@ def test_bad_data_is_named_before_training(tmp_path):
     drill = generate_drill(tmp_path / "d", "count", 6, 0, seed=0)
     common = ["--base", str(TINY_BASE), "--out", str(tmp_path / "o"), "--steps", "2"]
 
-    too_many = run_module(REFRESH, *common, "--data", f"{drill}:7")
-    assert too_many.returncode == 2 and "COUNT must be a whole number from 1 to 6" in too_many.stderr
-
-    no_data = run_module(REFRESH, *common, "--data", str(tmp_path / "nowhere"))
-    assert no_data.returncode == 2 and "no " + str(tmp_path / "nowhere" / "finetune.json") in no_data.stderr
-
     (drill / "images" / "train_00004.png").unlink()
-    missing = run_module(REFRESH, *common, "--data", str(drill))
+    cases = [[f"{drill}:7"], [str(tmp_path / "nowhere")], [str(drill)]]  # three commands, side by side
+    with ThreadPoolExecutor(len(cases)) as pool:
+        too_many, no_data, missing = pool.map(lambda data: run_module(REFRESH, *common, "--data", *data), cases)
+    assert too_many.returncode == 2 and "COUNT must be a whole number from 1 to 6" in too_many.stderr
+    assert no_data.returncode == 2 and "no " + str(tmp_path / "nowhere" / "finetune.json") in no_data.stderr
     assert missing.returncode == 2 and "train_00004" in missing.stderr and "is missing" in missing.stderr
     assert not (tmp_path / "o").exists() and "step " not in missing.stdout
