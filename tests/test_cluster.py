@@ -60,7 +60,7 @@ def test_a_stale_record_is_not_waited_on(ray_tmpdir):
     ray_tmpdir.record(dead)
     started = time.perf_counter()
     target = choose_ray()
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 30  # (importing Ray included) not the ten-minute wait on a dead GCS
     assert target.address == "local" and target.stale_record
     assert dead in target.reason and "is gone" in target.reason
 

@@ -13,7 +13,7 @@ have no v4):
 
 A dataset is a `Scenes`: its generator, seed and counts name its bytes (every generator is
 deterministic for a seed), so a recipe that holds the same Scenes twice means the same folder.
-`scaled(RECIPE, s)` shrinks every count and step by s (a test runs the whole chain at s ~ 0.001);
+`scaled(RECIPE, s)` shrinks every count and step by s (the tests dry-run the whole chain and run v5-v7 at s = 0.001);
 `as_json(recipe)` is the form the record beside the weights holds.
 """
 
