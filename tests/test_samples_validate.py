@@ -5,6 +5,7 @@ import json
 import random
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,7 +100,10 @@ def check(records, encoder):
 def report_of(rows) -> ValidationReport:
     report = ValidationReport("data.json")
     for row in rows:
-        report.add(Problem(row["id"], row["kind"], row["reason"]) if row["kind"] else None, row["length"], row["truncated"])
+        if row["kind"]:
+            report.add(Problem(row["id"], row["kind"], row["reason"]))
+        else:
+            report.add_good(np.array([row["length"]]), np.array([row["truncated"]]))
     return report
 
 
@@ -140,7 +144,7 @@ def test_a_report_keeps_the_first_problems_and_counts_the_rest():
     report = ValidationReport("big.json")
     for i in range(500):
         report.add(Problem(f"r{i}", "missing_image", "image not found"))
-    report.add(None, 40)
+    report.add_good(np.array([40]), np.array([False]))
     report.problems_file = "cache/problems.jsonl"
     assert report.bad == 500 and report.ok == 1 and len(report.problems) == 50
     assert "... and 450 more (every one in cache/problems.jsonl)" in report.format()

@@ -80,16 +80,12 @@ class ValidationReport:
     def bad(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, problem: Problem | None, length: int = 0, truncated: bool = False) -> None:
-        """Count one checked record: its problem, or its token length (and whether it was truncated)."""
+    def add(self, problem: Problem) -> None:
+        """Count one bad record (the first LISTED are kept whole)."""
         self.total += 1
-        if problem is not None:
-            self.counts[problem.kind] += 1
-            if len(self.problems) < LISTED:
-                self.problems.append(problem)
-            return
-        self.truncated += truncated
-        self.lengths.append(length)
+        self.counts[problem.kind] += 1
+        if len(self.problems) < LISTED:
+            self.problems.append(problem)
 
     def add_good(self, lengths: np.ndarray, truncated: np.ndarray) -> None:
         """Count many good records at once: their token lengths and truncation flags."""
