@@ -80,7 +80,17 @@ class SampleEncoder:
     def encode(self, record: Record) -> EncodedSample:
         rendered = self.render(record)
         pixel_values, image_sizes, tokens_per_image = self._images(record)
-        return self._finish(record, encode_rendered(self.tokenizer, rendered), tokens_per_image, pixel_values, image_sizes)
+        try:
+            encoded = expand_image_tokens(encode_rendered(self.tokenizer, rendered), self.image_token_id, tokens_per_image)
+        except ValueError as e:
+            raise RecordError(record.id, str(e)) from e
+        ids, labels = encoded.input_ids, encoded.labels
+        if len(ids) > self.max_length:
+            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+            if last_image >= self.max_length:
+                raise RecordError(record.id, self._too_long(len(ids), last_image))
+            return EncodedSample(record.id, ids[: self.max_length], labels[: self.max_length], pixel_values, image_sizes, True)
+        return EncodedSample(record.id, ids, labels, pixel_values, image_sizes)
 
     def positions(self, record: Record, tokens_per_image: list[int], ids: list[int]) -> tuple[int, np.ndarray]:
         """The length encode() would give this tokenised text (before any cut) and each of its tokens' position in
@@ -104,19 +114,6 @@ class SampleEncoder:
     def _too_long(self, length: int, last_image: int) -> str:
         return (f"sample is {length} tokens and its image tokens run to position {last_image + 1}, past "
                 f"data.max_length={self.max_length}; raise data.max_length or shorten the text")  # fmt: skip
-
-    def _finish(self, record: Record, encoded: Encoded, tokens_per_image: list[int], pixel_values, image_sizes) -> EncodedSample:
-        try:
-            encoded = expand_image_tokens(encoded, self.image_token_id, tokens_per_image)
-        except ValueError as e:
-            raise RecordError(record.id, str(e)) from e
-        ids, labels = encoded.input_ids, encoded.labels
-        if len(ids) > self.max_length:
-            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
-            if last_image >= self.max_length:
-                raise RecordError(record.id, self._too_long(len(ids), last_image))
-            return EncodedSample(record.id, ids[: self.max_length], labels[: self.max_length], pixel_values, image_sizes, True)
-        return EncodedSample(record.id, ids, labels, pixel_values, image_sizes)
 
     def load_image(self, relative: str) -> Image.Image:
         """A record's image, decoded (local file or object), or ImageError naming where it was looked for."""
