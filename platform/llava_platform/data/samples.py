@@ -136,14 +136,22 @@ class SampleEncoder:
                 image = self.load_image(relative)
             except ImageError as e:
                 raise RecordError(record.id, str(e)) from e
-            out = self.processor(text=IMAGE_PLACEHOLDER, images=[image], return_tensors="pt", **RAW_PIXELS)
-            counts.append(int((out["input_ids"][0] == self.image_token_id).sum()))
-            pixels.append(out["pixel_values"][0])
-            if "image_sizes" in out:
-                sizes.append(out["image_sizes"][0])
+            image_pixels, size, count = _process_image(self.processor, image, self.image_token_id)
+            counts.append(count)
+            pixels.append(image_pixels)
+            if size is not None:
+                sizes.append(size)
         if sizes:  # anyres: (P, 3, S, S) per image, P differs between images
             pixels = pad_patches(pixels, dim=0)
         return torch.stack(pixels), torch.stack(sizes) if sizes else None, counts
+
+
+def _process_image(processor: ProcessorMixin, image: Image.Image, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """One image through the processor alone: its uint8 pixels ((3, S, S); anyres (P, 3, S, S)), its (height, width)
+    (anyres only, else None) and how many <image> tokens it expands to."""
+    out = processor(text=IMAGE_PLACEHOLDER, images=[image], return_tensors="pt", **RAW_PIXELS)
+    sizes = out.get("image_sizes")
+    return out["pixel_values"][0], sizes[0] if sizes is not None else None, int((out["input_ids"][0] == image_token_id).sum())
 
 
 def blank_sample(processor: ProcessorMixin) -> EncodedSample:
@@ -156,9 +164,7 @@ def blank_sample(processor: ProcessorMixin) -> EncodedSample:
     pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
     side = image_processor.crop_size["height"]
     height, width = min(pinpoints, key=lambda p: p[0] * p[1]) if pinpoints else (side, side)
-    out = processor(text=IMAGE_PLACEHOLDER, images=[Image.new("RGB", (width, height))], return_tensors="pt", **RAW_PIXELS)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    count = int((out["input_ids"][0] == image_token_id).sum())
-    sizes = out.get("image_sizes")
-    return EncodedSample("<blank image>", [image_token_id] * count, [IGNORE_INDEX] * count, out["pixel_values"][:1],
-                         sizes[:1] if sizes is not None else None)  # fmt: skip
+    pixels, size, count = _process_image(processor, Image.new("RGB", (width, height)), image_token_id)
+    return EncodedSample("<blank image>", [image_token_id] * count, [IGNORE_INDEX] * count, pixels[None],
+                         size[None] if size is not None else None)  # fmt: skip
