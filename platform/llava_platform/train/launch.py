@@ -53,7 +53,7 @@ class TrainingResult:
 
 def _local(path: str | None) -> str | None:
     """An existing local path made absolute; hub ids and URIs are left as they are."""
-    if path is None or "://" in path or not os.path.exists(os.path.expanduser(path)):
+    if path is None or is_uri(path) or not os.path.exists(os.path.expanduser(path)):
         return path
     return os.path.abspath(os.path.expanduser(path))
 
