@@ -124,7 +124,6 @@ class RayCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        import os
         import shutil
         import signal
 
@@ -193,7 +192,6 @@ class S3Server:
                 if self.process.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"moto server did not start:\n{(root / 'moto.log').read_text()[-2000:]}")
                 time.sleep(0.3)
-        import os
 
         os.environ.update(self.env)  # this process (and a local Ray it starts) reaches the store like a user's shell
         import boto3
@@ -217,7 +215,6 @@ class S3Server:
         return f"s3://{self.BUCKET}/{prefix}"
 
     def stop(self) -> None:
-        import os
         import signal
 
         try:
