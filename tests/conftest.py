@@ -98,8 +98,9 @@ class RayCluster:
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
         # stop() signals every process at once: a node would spend 30 s trying to drain itself through a GCS
-        # that is exiting too (Ray 2.60's SIGTERM drain), so it exits at once
-        self.env = ray_env(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+        # that is exiting too (Ray 2.60's SIGTERM drain), so it exits at once. Metrics reach the nodes' Prometheus
+        # export every second (default 10 s), so the serving tests read them without long waits.
+        self.env = ray_env(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_metrics_report_interval_ms="1000")
         self.processes: list[subprocess.Popen] = []
         head = ["--head", f"--port={self.gcs.split(':')[1]}", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--ray-client-server-port={free_port()}",

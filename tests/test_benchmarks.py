@@ -42,3 +42,14 @@ def test_train_throughput_runs_a_shipped_7b_spec_on_tiny_shapes():
     spec = re.search(r"^  spec: ([\d.]+) samples/s, (\d+) tokens/s, MFU ([\d.]+)%$", stdout, re.M)
     assert spec and float(spec[1]) > 0 and 0 < float(spec[3]) < 100, stdout
     assert "train.stage=pretrain" not in stdout  # --no-compare
+
+
+def test_gpu_decode_runs_on_tiny_shapes():
+    """benchmarks/gpu_decode.py as a GPU run makes it, on the tiny preset and the CPU: every row decodes exactly the
+    asked tokens, batch 1 and batch 4 are compared."""
+    result = subprocess.run([sys.executable, "benchmarks/gpu_decode.py", "--preset", "tiny", "--device", "cpu",
+                             "--dtype", "float32", "--new-tokens", "6", "--batch", "1", "4", "--repeats", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"batch 1: \d+ tokens/s overall", result.stdout) and "batch-1 decode reads the weights at" in result.stdout
+    assert re.search(r"batch 4 against batch 1: [\d.]+x tokens/s", result.stdout), result.stdout

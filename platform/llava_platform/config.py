@@ -33,7 +33,6 @@ __all__ = [
     "ScalingSpec",
     "RunSpec",
     "BatchSpec",
-    "ServeSpec",
     "BuildSpec",
     "TrainJobSpec",
     "BatchJobSpec",
@@ -364,15 +363,6 @@ class BatchSpec(StrictModel):
     image_folder: str | None = Field(None)
     output: str = Field(description="output directory")
     batch_size: int = Field(8, gt=0)
-
-
-class ServeSpec(StrictModel):
-    """A served model (issue 5 runs it on Ray Serve)."""
-
-    checkpoint: str = Field(description="HF-format checkpoint directory")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    max_batch_size: int = Field(8, gt=0)
 
 
 class BuildSpec(StrictModel):

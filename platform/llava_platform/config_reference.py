@@ -22,23 +22,27 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from llava_platform.config import StrictModel, TrainJobSpec
+from llava_platform.serve.spec import ServeAppSpec
 
 __all__ = ["DOCUMENTED", "render", "undocumented_fields"]
 
 # the files users write: (spec, the heading of its part of the reference)
 DOCUMENTED: list[tuple[type[StrictModel], str]] = [
     (TrainJobSpec, "Training job specs: `jobs.pretrain`, `jobs.finetune` (jobs/configs/*_pretrain.yaml, *_finetune.yaml)"),
+    (ServeAppSpec, "Serve app `args` (serve_apps/*.yaml, `import_path: llava_platform.serve.app:build_app`)"),
 ]
 
 HEADER = """# Configuration reference
 
-Generated from the field descriptions in `platform/llava_platform/config.py` by
+Generated from the field descriptions in `platform/llava_platform/config.py` and `serve/spec.py` by
 `python -m llava_platform.config_reference --out docs/configuration.md`; do not edit by hand.
 
 Every key is typed; an unknown key, a wrong type or a missing required key stops the job before it
 starts, naming the file, the dotted key and, for a misspelt key, the closest valid one. Any key can
 be overridden on the command line as `section.key=value` (e.g. `train.lr=1e-4 data.path=s3://b/x.json`).
 `jobs.build_model` reads a file with one `model:` section (jobs/configs/tiny.yaml), as in a job spec.
+A Serve config's `args` are checked the same way when the app is built (`serve run` / `serve deploy`),
+and beforehand by `python -m llava_platform.serve.config_check serve_apps/<config>.yaml`.
 """
 
 
@@ -115,10 +119,14 @@ def _sections(spec: type[StrictModel], prefix: str) -> list[tuple[str, type[Stri
     return out
 
 
-def _table(name: str, spec: type[StrictModel]) -> str:
-    lines = [f"### `{name}:`", "", _cell(spec.__doc__ or ""), "", "| key | type | default | description |",
+def _table(name: str, spec: type[StrictModel], scalars_only: bool = False) -> str:
+    """One section's keys; the top level (`scalars_only`) lists only its plain keys, its sections follow."""
+    title = f"### `{name}:`" if name else "### top level"
+    lines = [title, "", _cell(spec.__doc__ or ""), "", "| key | type | default | description |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for key, field in spec.model_fields.items():
+        if scalars_only and _nested(field.annotation) is not None:
+            continue
         kind = _type_name(field.annotation)
         bounds = _bounds(field)
         kind = f"{kind} ({bounds})" if bounds else kind
@@ -131,6 +139,8 @@ def render() -> str:
     parts = [HEADER]
     for spec, heading in DOCUMENTED:
         parts.append(f"## {heading}")
+        if any(_nested(f.annotation) is None for f in spec.model_fields.values()):
+            parts.append(_table("", spec, scalars_only=True))
         parts += [_table(name, section) for name, section in _sections(spec, "")[1:]]
     return "\n\n".join(parts) + "\n"
 

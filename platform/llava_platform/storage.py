@@ -131,6 +131,20 @@ class Storage:
         prefix = folder.split("://", 1)[0] + "://" if is_uri(folder) else ""
         return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
 
+    def local_copy(self, folder: str, cache_root: str | os.PathLike) -> str:
+        """A local path holding `folder`: itself when local, else a copy under cache_root/<bucket>/<key>, made once
+        (a `.complete` marker, written last, says the copy is whole; a copy cut short is made again)."""
+        if not is_uri(folder):
+            return folder
+        fs, inner = self.filesystem(folder)
+        local = os.path.join(os.fspath(cache_root), inner.strip("/"))
+        marker = os.path.join(local, ".complete")
+        if not os.path.exists(marker):
+            os.makedirs(local, exist_ok=True)
+            pafs.copy_files(inner, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            open(marker, "w").close()
+        return local
+
     # ------------------------------------------------------------------ writing
 
     def open_output(self, path: str):
