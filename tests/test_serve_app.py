@@ -383,7 +383,7 @@ def test_openapi_fuzzing_finds_no_server_error(app, tmp_path):
     done = subprocess.run(
         [st, "run", app.url + "/openapi.json", "--checks", "not_a_server_error", "-n", "110", "--seed", "1",
          "-H", f"Authorization: Bearer {KEY}", "--request-timeout", "60", "--no-shrink", "--max-failures", "5"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache folder goes there
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
