@@ -13,6 +13,8 @@ as in LLaVA's own CLI; later turns carry the whole conversation.
 
 import argparse
 
+import torch
+
 from llava_platform.cli import quiet_transformers, user_errors_exit
 from llava_platform.config import SamplingSpec
 from llava_platform.data.images import load_image
@@ -52,7 +54,8 @@ def load_engine(args: argparse.Namespace) -> InferenceEngine:
     checkpoint's base) holds."""
     bits = "4bit" if args.load_4bit else "8bit" if args.load_8bit else None
     quantized = {"quantization": bits, "dtype": "float16"} if bits else {}
-    return InferenceEngine.from_checkpoint(args.checkpoint, **quantized)
+    device = "cuda" if torch.cuda.is_available() else None  # a GPU when there is one, as LLaVA's CLI
+    return InferenceEngine.from_checkpoint(args.checkpoint, device, **quantized)
 
 
 @user_errors_exit

@@ -22,8 +22,9 @@ import pytest
 import urllib3.util.connection
 from PIL import Image, ImageFile
 
+from llava_platform.serve.image_fetch import FetchPolicy
 from llava_platform.serve.image_inputs import (
-    FetchPolicy, ImageInputError, ImageLimits, decode_image, image_from_base64, image_from_url,
+    ImageInputError, ImageLimits, decode_image, image_from_base64, image_from_url,
 )  # fmt: skip
 from conftest import make_image
 

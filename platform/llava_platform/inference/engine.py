@@ -161,8 +161,9 @@ class InferenceEngine:
         self.stop_ids = self._stop_token_ids()
 
     @classmethod
-    def from_checkpoint(cls, path: str, **spec_fields) -> "InferenceEngine":
-        return cls(load_checkpoint(path, ModelSpec(checkpoint=str(path), **spec_fields)))
+    def from_checkpoint(cls, path: str, device: str | torch.device | None = None, **spec_fields) -> "InferenceEngine":
+        """`device` places the weights as they load (a quantized LLM must load on its GPU); default CPU."""
+        return cls(load_checkpoint(path, ModelSpec(checkpoint=str(path), **spec_fields), device))
 
     def _stop_token_ids(self) -> list[int]:
         """EOS plus the template's stop string when it is a single token (</s>, <|im_end|>)."""

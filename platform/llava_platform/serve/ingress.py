@@ -39,7 +39,8 @@ from llava_platform.inference.engine import GenerationResult
 from llava_platform.serve import openai_schema as oa
 from llava_platform.serve.auth import RequireApiKey, api_key_from_env, bearer, key_matches
 from llava_platform.serve.errors import ApiError, BodyLimit, install_error_handlers
-from llava_platform.serve.image_inputs import FetchPolicy, ImageInputError, ImageLimits, image_from_base64, image_from_url
+from llava_platform.serve.image_fetch import FetchPolicy
+from llava_platform.serve.image_inputs import ImageInputError, ImageLimits, image_from_base64, image_from_url
 from llava_platform.serve.metrics import IngressMetrics
 from llava_platform.serve.spec import ServeAppSpec
 
@@ -56,10 +57,11 @@ class ModelClient:
     def __init__(self, spec: ServeAppSpec, handle: DeploymentHandle):
         self.spec = spec
         self.handle = handle
-        limits = spec.limits
-        self.image_limits = ImageLimits(limits.max_image_bytes, limits.max_image_pixels, limits.max_images, limits.max_image_side)
-        self.fetch_policy = FetchPolicy(spec.image_fetch.timeout_s, spec.image_fetch.max_redirects,
-                                        tuple(spec.image_fetch.allow_hosts))  # fmt: skip
+        limits, fetch = spec.limits, spec.image_fetch
+        self.image_limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels,
+                                        max_images=limits.max_images, max_side=limits.max_image_side)  # fmt: skip
+        self.fetch_policy = FetchPolicy(timeout_s=fetch.timeout_s, max_redirects=fetch.max_redirects,
+                                        allow_hosts=tuple(fetch.allow_hosts))  # fmt: skip
 
     # ------------------------------------------------------------------ checks
 

@@ -40,13 +40,12 @@ CHECKPOINT_CACHE = Path(os.environ.get("LLAVA_CHECKPOINT_CACHE", Path.home() / "
 
 
 def load_engine(model: ServedModelSpec, storage: Storage) -> InferenceEngine:
-    """The served model's engine: an object-store checkpoint is copied to the local cache first."""
+    """The served model's engine, on the replica's GPU when it has one (Serve sets CUDA_VISIBLE_DEVICES to the GPUs
+    of num_gpus); an object-store checkpoint is copied to the local cache first."""
     path = storage.local_copy(model.checkpoint, CHECKPOINT_CACHE)
     overrides = {"dtype": model.dtype, "quantization": model.quantization, "template": model.template}
-    engine = InferenceEngine.from_checkpoint(path, **{k: v for k, v in overrides.items() if v is not None})
-    if torch.cuda.is_available() and engine.model.device.type == "cpu" and model.quantization == "none":
-        engine.model.to("cuda")
-    return engine
+    device = "cuda" if torch.cuda.is_available() else None
+    return InferenceEngine.from_checkpoint(path, device, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class LlavaModel:
