@@ -11,8 +11,7 @@ metadata service at 169.254.169.254. So:
   * the body is read with a cap of max_bytes + 1 bytes, and the whole download (DNS aside: the system
     resolver bounds that) has one wall-clock deadline. Proxy environment variables are not used.
 
-Every refusal is an ImageInputError, as in image_inputs, which this module imports (image_inputs imports this
-one only inside image_from_url, so neither loads the other at import time).
+Every refusal is an ImageInputError (serve/image_limits.py), as in image_inputs, which calls `download`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, HTTPError
 from urllib3.util.ssl_match_hostname import CertificateError
 
-from llava_platform.serve.image_inputs import ImageInputError, ImageLimits, _too_many_bytes
+from llava_platform.serve.image_limits import ImageInputError, ImageLimits, too_many_bytes
 
 __all__ = ["FetchPolicy", "download"]
 
@@ -225,12 +224,12 @@ def _read_body(response, target: _Target, limits: ImageLimits, deadline: _Deadli
                               "for none; host the image uncompressed", param, 400, "image_fetch_failed")  # fmt: skip
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > limits.max_bytes:
-        raise _too_many_bytes(f"{declared} (Content-Length)", limits, param)
+        raise too_many_bytes(f"{declared} (Content-Length)", limits, param)
     body = bytearray()
     while chunk := response.read1(min(_READ_CHUNK, limits.max_bytes + 1 - len(body))):  # one recv at most
         body += chunk
         if len(body) > limits.max_bytes:
-            raise _too_many_bytes(f"more than {limits.max_bytes}", limits, param)
+            raise too_many_bytes(f"more than {limits.max_bytes}", limits, param)
         if deadline.remaining() <= 0:
             raise TimeoutError("deadline passed while reading the body")  # reported by _fetch_failed
     if deadline.expired:  # the socket was shut down: an end without Content-Length looks like a normal end

@@ -20,15 +20,12 @@ import binascii
 import io
 import re
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile
 
 from llava_platform.data.images import ImageError, load_image
-
-if TYPE_CHECKING:
-    from llava_platform.serve.image_fetch import FetchPolicy
+from llava_platform.serve.image_fetch import FetchPolicy, download
+from llava_platform.serve.image_limits import ImageInputError, ImageLimits, too_many_bytes
 
 __all__ = ["ImageLimits", "ImageInputError", "decode_image", "image_from_base64", "image_from_url"]
 
@@ -38,49 +35,13 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 Image.init()  # registers every format in Image.OPEN now, not racing with _open_header in request threads
 
 
-# Error messages name the limits as the serve config spells them (serve/spec.py), which is what an operator raises:
-# ImageLimits.max_bytes is limits.max_image_bytes there; image_fetch.py spells its own (image_fetch.timeout_s).
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What one request's images may cost the server (limits.max_image_bytes / max_image_pixels / max_images)."""
-
-    max_bytes: int = 10 * 1024 * 1024  # encoded bytes of one image, after base64 decoding or download
-    max_pixels: int = 40_000_000  # width * height, read from the header before any pixel is decoded
-    max_images: int = 8  # images in one request (the caller counts them)
-    # longer sides are scaled down (aspect kept) once decoded: the processors pad to a square or resize the
-    # shortest side before they shrink an image, so a 4x6000 image would cost them a 6000x6000 (or worse) array
-    max_side: int = 4096
-
-    def __post_init__(self):
-        for name in ("max_bytes", "max_pixels", "max_side"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ImageLimits.{name} must be positive, got {getattr(self, name)}")
-        if self.max_images < 0:  # 0: a server that takes no images
-            raise ValueError(f"ImageLimits.max_images must be >= 0, got {self.max_images}")
-
-
-class ImageInputError(ValueError):
-    """A client's image cannot be used; `param` names the request field, `status` is the HTTP status to answer.
-
-    status: 400 bad input or a failed download, 413 over a limit, 415 an image format not accepted.
-    code: invalid_image, image_too_large, unsupported_image_format, unsupported_url, url_not_allowed,
-    image_fetch_failed. The message starts with `param` and says the limit or the fix.
-    """
-
-    def __init__(self, message: str, param: str, status: int = 400, code: str = "invalid_image"):
-        super().__init__(message)
-        self.param, self.status, self.code = param, status, code
-
-
 # ---------------------------------------------------------------- decoding
 
 
 def decode_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
     """Encoded image bytes -> a decoded RGB image; sizes are checked before any pixel is decoded."""
     if len(data) > limits.max_bytes:
-        raise _too_many_bytes(str(len(data)), limits, param)
+        raise too_many_bytes(str(len(data)), limits, param)
     if not data:
         raise ImageInputError(f"{param}: image is empty (0 bytes); send a {_ACCEPTED_TEXT} image", param)
     with _open_header(bytes(data), param) as image:  # the header is parsed, no pixel decoded yet
@@ -120,7 +81,6 @@ def image_from_url(url: str, limits: ImageLimits, policy: FetchPolicy, param: st
     if scheme == "data":
         return decode_image(_data_url_bytes(url, limits, param), limits, param)
     _check_scheme(scheme, url, param)
-    from llava_platform.serve.image_fetch import download  # here, not at the top: image_fetch imports this module
     return decode_image(download(url, limits, policy, param), limits, param)
 
 
@@ -187,18 +147,12 @@ def _base64_bytes(text: str, limits: ImageLimits, param: str) -> bytes:
     padding = min(len(compact) - len(compact.rstrip("=")), 2)
     size = len(compact) * 3 // 4 - padding  # exact for valid base64
     if size > limits.max_bytes:
-        raise _too_many_bytes(str(size), limits, param)
+        raise too_many_bytes(str(size), limits, param)
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII characters
         raise ImageInputError(f"{param}: not valid base64 ({e}); send the image file as standard padded base64",
                               param) from e  # fmt: skip
-
-
-def _too_many_bytes(size: str, limits: ImageLimits, param: str) -> ImageInputError:
-    return ImageInputError(f"{param}: image is {size} bytes, over the limit of {limits.max_bytes} "
-                           "(limits.max_image_bytes); send a smaller or more compressed image",
-                           param, 413, "image_too_large")  # fmt: skip
 
 
 def _bomb(error: Exception, param: str) -> ImageInputError:
