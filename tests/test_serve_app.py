@@ -39,12 +39,37 @@ IMAGE_HOST = "127.0.0.2"  # the test-only allowlist's host (loopback, but not th
 pytestmark = pytest.mark.slow
 
 
+def adapter_checkpoint(base_checkpoint: Path, out: Path) -> Path:
+    """LoRA adapters (non-zero, so they change the answers) saved as an adapter checkpoint over `base_checkpoint`."""
+    import torch
+
+    from llava_platform.config import LoraSpec
+    from llava_platform.model import ModelBundle, load_checkpoint, save_checkpoint
+    from llava_platform.model.lora import apply_lora
+
+    base = load_checkpoint(base_checkpoint)
+    spec = base.spec.model_copy(update={"lora": LoraSpec(r=4, alpha=8, dropout=0.0)})
+    model = apply_lora(base.model, spec.lora)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # B starts at zero
+    return save_checkpoint(ModelBundle(model, base.processor, base.template, spec), out)
+
+
 @pytest.fixture(scope="module")
-def app(ray_client, s3_server, tiny_checkpoint, tmp_path_factory):
+def adapters(tiny_checkpoint, tmp_path_factory) -> Path:
+    return adapter_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("adapters") / "tiny-lora")
+
+
+@pytest.fixture(scope="module")
+def app(ray_client, s3_server, tiny_checkpoint, adapters, tmp_path_factory):
     random_model = s3_server.upload_folder(tiny_checkpoint, "serve/tiny-random")  # served from the object store
     config = tiny_config(
         models=[{"name": "llava-tiny", "checkpoint": "jobs/assets/tiny-base"},
-                {"name": "tiny-random", "checkpoint": random_model}],
+                {"name": "tiny-random", "checkpoint": random_model},
+                {"name": "tiny-lora", "checkpoint": str(adapters)}],
         storage={"endpoint_url": s3_server.endpoint},
         auth={"api_key_env": "LLAVA_TEST_KEY"},
         image_fetch={"allow_hosts": [IMAGE_HOST], "timeout_s": 3},
@@ -139,21 +164,25 @@ def test_openai_client_answers_as_jobs_chat_does(app, client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.total_tokens == reply.usage.total_tokens and not chunks[-1].choices
 
-    assert [m.id for m in client.models.list().data] == ["llava-tiny", "tiny-random"]
+    assert [m.id for m in client.models.list().data] == ["llava-tiny", "tiny-random", "tiny-lora"]
 
 
-def test_a_second_model_is_served_by_name_from_the_object_store(app, client, tiny_bundle):
+def test_more_models_are_served_by_name_from_the_object_store_and_as_adapters(app, client, tiny_bundle, adapters):
     from llava_platform.config import SamplingSpec
     from llava_platform.data.templates import Message
     from llava_platform.inference.engine import GenerationRequest, InferenceEngine
 
     image = make_image(48, 48, seed=3)
-    [expected] = InferenceEngine(tiny_bundle).generate(
-        [GenerationRequest([Message("user", "<image>\nWhat is it?")], [image])], SamplingSpec(max_new_tokens=12))
-    reply = client.chat.completions.create(model="tiny-random", max_tokens=12,
-                                           messages=image_message("What is it?", data_url(png_bytes(image))))  # fmt: skip
-    assert reply.choices[0].message.content == expected.text
-    assert reply.usage.completion_tokens == expected.completion_tokens
+    request = GenerationRequest([Message("user", "<image>\nWhat is it?")], [image])
+    answers = {}
+    for name, engine in [("tiny-random", InferenceEngine(tiny_bundle)), ("tiny-lora", InferenceEngine.from_checkpoint(str(adapters)))]:
+        [expected] = engine.generate([request], SamplingSpec(max_new_tokens=12))
+        reply = client.chat.completions.create(model=name, max_tokens=12,
+                                               messages=image_message("What is it?", data_url(png_bytes(image))))  # fmt: skip
+        assert reply.choices[0].message.content == expected.text, name
+        assert reply.usage.completion_tokens == expected.completion_tokens
+        answers[name] = expected.text
+    assert answers["tiny-lora"] != answers["tiny-random"]  # the adapters over that base change its answer
 
 
 def test_system_multi_turn_two_images_seed_stop_and_prompt_limit(app, client):
@@ -338,13 +367,16 @@ def test_llava_api_analyze_info_and_websocket(app, client):
     status, reply = post(app, "/analyze", {"image": image, "question": QUESTION})
     assert status == 200 and reply["status"] == "success"
     assert reply["answer"] == expected.choices[0].message.content
-    assert post(app, "/analyze", {"image": "not base64!", "question": QUESTION})[0] == 400
+    status, refused = post(app, "/analyze", {"image": "not base64!", "question": QUESTION})
+    assert status == 400 and refused["status"] == "error" and refused["error"]["param"] == "image"
 
     status, info = get(app, "/model/info")
     assert status == 200
     assert info["model"] == "llava-tiny" and info["template"] == "mistral_instruct" and info["image_mode"] == "pad"
     assert info["dtype"] == "float32" and info["quantization"] == "none" and info["parameters"] > 100_000
-    assert info["replicas"]["max_replicas"] == 2 and info["served_models"] == ["llava-tiny", "tiny-random"]
+    assert info["replicas"]["max_replicas"] == 2 and info["served_models"] == ["llava-tiny", "tiny-random", "tiny-lora"]
+    status, lora_info = get(app, "/model/info?model=tiny-lora")
+    assert status == 200 and lora_info["model"] == "tiny-lora" and lora_info["checkpoint"].endswith("tiny-lora")
 
     ws_url = app.url.replace("http", "ws") + "/ws"
     with connect(f"{ws_url}?api_key={KEY}") as socket:

@@ -88,24 +88,33 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{param or 'body'}: {message}{shown}{more}", param or None, "invalid_value")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, status_field_paths: tuple[str, ...] = ()) -> None:
+    """Every error as OpenAI's body; on `status_field_paths` (the LLaVA API's /analyze) with its `"status": "error"`
+    beside it, as that API's clients read it."""
+
+    def respond(request: Request, error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = error.body()
+        if request.scope.get("route") is not None and request.scope["route"].path in status_field_paths:
+            body["status"] = "error"
+        return JSONResponse(body, status_code=error.status, headers=headers)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+        return respond(request, _validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail), code="http_error").response(getattr(exc, "headers", None))
+        return respond(request, ApiError(exc.status_code, str(exc.detail), code="http_error"), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s", request.url.path)
-        return ApiError(500, "internal error: the server failed on this request; its log has the details",
-                        code="internal_error").response()  # fmt: skip
+        return respond(request, ApiError(500, "internal error: the server failed on this request; its log has the "
+                                         "details", code="internal_error"))  # fmt: skip
 
 
 class BodyLimit:

@@ -251,7 +251,7 @@ def build_api(client: ModelClient, api_key: str | None, examples: list[tuple[str
     """The FastAPI app of one ingress replica, wrapped in the body limit and the API key check."""
     spec = client.spec
     app = FastAPI(title="llava-platform", version="1", description="OpenAI-compatible and LLaVA APIs for LLaVA models")
-    install_error_handlers(app)
+    install_error_handlers(app, status_field_paths=("/analyze",))
     metrics = IngressMetrics()
 
     @app.get("/health")
