@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import http.client
 import json
 import math
@@ -46,13 +47,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def examples() -> list[tuple[Path, str]]:
-    return [(EXAMPLES / e["image"], e["question"]) for e in json.loads((EXAMPLES / "examples.json").read_text())]
+@functools.cache
+def examples() -> list[tuple[bytes, str]]:
+    """The example scenes' image bytes and questions, read once."""
+    return [((EXAMPLES / e["image"]).read_bytes(), e["question"]) for e in json.loads((EXAMPLES / "examples.json").read_text())]
 
 
 def chat_request(i: int, max_tokens: int) -> dict:
     image, question = examples()[i % len(examples())]
-    url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
     content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
     return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0}
 
@@ -138,7 +141,7 @@ def direct_latencies(checkpoint: str, count: int) -> list[float]:
     for i in range(count):
         image, question = examples()[i % len(examples())]
         started = time.perf_counter()
-        request = GenerationRequest([Message("user", "<image>\n" + question)], [load_image(image.read_bytes())])
+        request = GenerationRequest([Message("user", "<image>\n" + question)], [load_image(image)])
         engine.generate([request], SamplingSpec(max_new_tokens=1))
         latencies.append(time.perf_counter() - started)
     return latencies

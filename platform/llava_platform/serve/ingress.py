@@ -99,19 +99,11 @@ class ModelClient:
                     raise ApiError(400, f"{ref.param}: this server takes data: URLs only (image_fetch.enabled: false)",
                                    ref.param, "unsupported_url")  # fmt: skip
 
-        async def one(ref: oa.ImageRef) -> Image.Image:
-            try:
-                return await asyncio.to_thread(image_from_url, ref.url, self.image_limits, self.fetch_policy, ref.param)
-            except ImageInputError as e:
-                raise ApiError(e.status, str(e), e.param, e.code) from None
-
-        return list(await asyncio.gather(*(one(r) for r in refs)))
+        fetches = (_image(image_from_url, r.url, self.image_limits, self.fetch_policy, r.param) for r in refs)
+        return list(await asyncio.gather(*fetches))
 
     async def decode_base64(self, data: str, param: str) -> Image.Image:
-        try:
-            return await asyncio.to_thread(image_from_base64, data, self.image_limits, param)
-        except ImageInputError as e:
-            raise ApiError(e.status, str(e), e.param, e.code) from None
+        return await _image(image_from_base64, data, self.image_limits, param)
 
     # ------------------------------------------------------------------ calls
 
@@ -176,6 +168,14 @@ class ModelClient:
                         yield event["delta"]
         except ApiError as e:
             raise ValueError(e.message) from None  # the dashboard shows the message
+
+
+async def _image(decode, *args) -> Image.Image:
+    """An image decoded (or fetched) off the event loop; a refused one as the 4xx its error names."""
+    try:
+        return await asyncio.to_thread(decode, *args)
+    except ImageInputError as e:
+        raise ApiError(e.status, str(e), e.param, e.code) from None
 
 
 async def _next_event(call) -> dict:
