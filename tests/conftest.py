@@ -65,6 +65,25 @@ def tiny_checkpoint(tiny_bundle, tmp_path_factory) -> Path:
     return save_checkpoint(tiny_bundle, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
+def lora_model(bundle, **lora_fields):
+    """A copy of `bundle`'s model with LoRA r 4 on its LLM, the adapters and the projector's trained copy set to
+    random values (B starts at zero: fresh adapters change nothing)."""
+    import copy
+
+    from llava_platform.config import LoraSpec
+    from llava_platform.model.lora import apply_lora
+
+    model = apply_lora(copy.deepcopy(bundle.model), LoraSpec(r=4, alpha=8, dropout=0.0, **lora_fields))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+            if "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.05)  # the trained projector copy differs from the original
+    return model.eval()
+
+
 def free_port() -> int:
     import socket
 

@@ -6,23 +6,11 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import make_image
+from conftest import lora_model, make_image
 from llava_platform.config import LoraSpec, ModelSpec
 from llava_platform.model import ModelBundle, build_model, load_checkpoint, save_checkpoint
 from llava_platform.model.freeze import component_of
 from llava_platform.model.lora import apply_lora, llm_linear_names, merge_lora
-
-
-def lora_model(tiny_bundle, **kwargs):
-    model = apply_lora(copy.deepcopy(tiny_bundle.model), LoraSpec(r=4, alpha=8, dropout=0.0, **kwargs))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)  # B starts at zero: make the adapters do something
-            if "modules_to_save" in name:
-                p.add_(torch.randn_like(p) * 0.05)  # and the trained projector copy differ from the original
-    return model.eval()
 
 
 def test_adapters_only_on_llm_linears(tiny_bundle):

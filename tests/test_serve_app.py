@@ -27,7 +27,8 @@ import openai
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_image, run_job
+from conftest import REPO, lora_model, make_image, run_job
+from llava_platform.config import LoraSpec
 from serving import ServedApp, metrics_text, tiny_config
 
 KEY = secrets.token_hex(16)
@@ -41,21 +42,11 @@ pytestmark = pytest.mark.slow
 
 def adapter_checkpoint(base_checkpoint: Path, out: Path) -> Path:
     """LoRA adapters (non-zero, so they change the answers) saved as an adapter checkpoint over `base_checkpoint`."""
-    import torch
-
-    from llava_platform.config import LoraSpec
     from llava_platform.model import ModelBundle, load_checkpoint, save_checkpoint
-    from llava_platform.model.lora import apply_lora
 
     base = load_checkpoint(base_checkpoint)
     spec = base.spec.model_copy(update={"lora": LoraSpec(r=4, alpha=8, dropout=0.0)})
-    model = apply_lora(base.model, spec.lora)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)  # B starts at zero
-    return save_checkpoint(ModelBundle(model, base.processor, base.template, spec), out)
+    return save_checkpoint(ModelBundle(lora_model(base), base.processor, base.template, spec), out)
 
 
 @pytest.fixture(scope="module")
