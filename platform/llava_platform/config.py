@@ -39,6 +39,7 @@ __all__ = [
     "load",
     "parse_overrides",
     "dump",
+    "did_you_mean",
 ]
 
 PROJECTOR_PATTERN = r"^(linear|mlp(\d+)x_gelu)$"
@@ -470,14 +471,18 @@ def _valid_keys(spec_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
+def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
+    """"did you mean 'X'? " for the closest of `choices` to a misspelt `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 def _describe(error: dict[str, Any], spec_cls: type[BaseModel], source: str) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         valid = _valid_keys(spec_cls, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return f"{source}: {dotted}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+        return f"{source}: {dotted}: unknown key; {did_you_mean(str(loc[-1]), valid, cutoff=0.5)}valid keys here: {', '.join(valid)}"
     if error["type"] == "missing":
         return f"{source}: {dotted}: required field is missing"
     got = error.get("input")

@@ -12,10 +12,11 @@ transformers' `processor.apply_chat_template` builds the identical prompt.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from llava_platform.config import did_you_mean
 
 __all__ = [
     "Message",
@@ -227,6 +228,5 @@ def get_template(name: str) -> ConversationTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, TEMPLATES, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise TemplateError(f"unknown conversation template {name!r}; {hint}known: {', '.join(TEMPLATES)}") from None
+        raise TemplateError(f"unknown conversation template {name!r}; {did_you_mean(name, TEMPLATES)}known: "
+                            f"{', '.join(TEMPLATES)}") from None  # fmt: skip

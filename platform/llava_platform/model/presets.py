@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = ["Preset", "PRESETS", "get_preset", "ANYRES_336_PINPOINTS"]
 
+from llava_platform.config import did_you_mean
 from llava_platform.data.images import ANYRES_336_PINPOINTS
 
 CLIP_L_336 = dict(
@@ -108,10 +109,6 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    import difflib
-
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"unknown model preset {name!r}; {hint}known presets: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}; {did_you_mean(name, PRESETS)}known presets: {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -10,7 +10,6 @@ The same args check runs again when the app is built, so `serve run` / `serve de
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
 import yaml
@@ -19,7 +18,7 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from llava_platform.cli import user_errors_exit
-from llava_platform.config import ConfigError
+from llava_platform.config import ConfigError, did_you_mean
 from llava_platform.serve.spec import ServeAppSpec, parse_app_args
 
 __all__ = ["check_serve_config"]
@@ -58,9 +57,8 @@ def _check_autoscaling_keys(autoscaling: dict, where: str) -> None:
     valid = list(AutoscalingConfig.model_fields)
     for key in autoscaling:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"{where}.{key}: unknown key (Serve would ignore it); {hint}valid keys: {', '.join(valid)}")
+            raise ConfigError(f"{where}.{key}: unknown key (Serve would ignore it); "
+                              f"{did_you_mean(key, valid, cutoff=0.5)}valid keys: {', '.join(valid)}")  # fmt: skip
 
 
 @user_errors_exit
