@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
 
     paths = generate(args.out, args.num_train, args.num_test, args.seed, args.image_size)
-    for name in ("pretrain", "finetune", "test"):
+    for name in ("pretrain", "finetune", "test"):  # (and questions.jsonl: test.json as a question file)
         path = getattr(paths, name)
         print(f"{name}: {len(json.loads(path.read_text()))} records -> {path}")
     print(f"images: {paths.image_folder / 'images'} (use --image-folder {paths.image_folder})")

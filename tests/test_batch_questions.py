@@ -5,27 +5,27 @@ from llava_platform.data.templates import Message
 
 
 def test_a_question_line_is_asked_image_first():
-    q = from_question_line({"question_id": 7, "image": "a.jpg", "text": "What is it?", "category": "color"}, 0)
+    q = from_question_line({"question_id": 7, "image": "a.jpg", "text": "What is it?", "category": "color"}, "line 1")
     assert (q.question_id, q.images, q.prompt, q.error) == ("7", ["a.jpg"], "What is it?", None)
     assert q.messages == [Message("user", "<image>\nWhat is it?")] and q.metadata == {"category": "color"}
-    suffixed = from_question_line({"question_id": 8, "text": "Why?"}, 1, suffix="\nAnswer in one word.")
+    suffixed = from_question_line({"question_id": 8, "text": "Why?"}, "line 2", suffix="\nAnswer in one word.")
     assert suffixed.images == [] and suffixed.messages == [Message("user", "Why?\nAnswer in one word.")]
 
 
 def test_bad_question_lines_are_rows_with_their_error():
-    assert from_question_line("not an object", 3).error.startswith("bad_record") and \
-        from_question_line("x", 3).question_id == "line 3"  # fmt: skip
-    assert from_question_line({"question_id": 1, "image": "a.jpg", "text": "  "}, 0).error == "empty_question"
-    assert "'text' must be" in from_question_line({"question_id": 2, "image": "a.jpg"}, 0).error
-    assert "'image' must be a path" in from_question_line({"question_id": 3, "image": 5, "text": "q"}, 0).error
-    assert "holds '<image>'" in from_question_line({"question_id": 4, "text": "<image> q"}, 0).error
+    assert from_question_line("not an object", "line 3").error.startswith("bad_record") and \
+        from_question_line("x", "line 3").question_id == "line 3"  # fmt: skip
+    assert from_question_line({"question_id": 1, "image": "a.jpg", "text": "  "}, "line 1").error == "empty_question"
+    assert "'text' must be" in from_question_line({"question_id": 2, "image": "a.jpg"}, "line 1").error
+    assert "'image' must be a path" in from_question_line({"question_id": 3, "image": 5, "text": "q"}, "line 1").error
+    assert "holds '<image>'" in from_question_line({"question_id": 4, "text": "<image> q"}, "line 1").error
 
 
 def test_every_human_turn_of_a_conversation_is_asked_with_the_gold_history():
     record = {"id": "r1", "image": "a.jpg", "category": "scene", "conversations": [
         {"from": "human", "value": "<image>\nWhat color is the circle?"}, {"from": "gpt", "value": "Red."},
         {"from": "human", "value": "And the square?"}, {"from": "gpt", "value": "Blue."}]}  # fmt: skip
-    first, second = from_conversation(record, 0)
+    first, second = from_conversation(record, "#0")
     assert (first.question_id, second.question_id) == ("r1_0", "r1_1")
     assert first.messages == [Message("user", "<image>\nWhat color is the circle?")] and first.images == ["a.jpg"]
     assert [m.role for m in second.messages] == ["user", "assistant", "user"] and second.messages[1].content == "Red."
@@ -34,15 +34,25 @@ def test_every_human_turn_of_a_conversation_is_asked_with_the_gold_history():
 
 
 def test_bad_conversations_are_one_row_with_their_error():
-    [bad] = from_conversation({"id": "r2", "conversations": []}, 5)
+    [bad] = from_conversation({"id": "r2", "conversations": []}, "#5")
     assert bad.question_id == "r2" and bad.error.startswith("bad_record: 'conversations' must be")
-    [nameless] = from_conversation(["not a record"], 6)
+    [nameless] = from_conversation(["not a record"], "#6")
     assert nameless.question_id == "#6" and nameless.error.startswith("bad_record")
     empty = from_conversation({"id": "r3", "conversations": [{"from": "human", "value": "<image>"},
-                                                             {"from": "gpt", "value": "x"}], "image": "a.jpg"}, 0)  # fmt: skip
+                                                             {"from": "gpt", "value": "x"}], "image": "a.jpg"}, "#0")  # fmt: skip
     assert [q.error for q in empty] == ["empty_question"]
 
 
 def test_an_image_of_a_folder_is_captioned_with_the_jobs_prompt():
     q = from_image("imgs/b.png", "Describe the image.")
     assert (q.question_id, q.images, q.messages) == ("imgs/b.png", ["imgs/b.png"], [Message("user", "<image>\nDescribe the image.")])
+
+
+def test_a_task_suffix_goes_on_each_asked_turn_not_on_the_history():
+    record = {"id": "r1", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhich is it?\nA. cat\nB. dog"}, {"from": "gpt", "value": "A"},
+        {"from": "human", "value": "And now?"}, {"from": "gpt", "value": "B"}]}  # fmt: skip
+    first, second = from_conversation(record, "#0", suffix="\nAnswer with the option's letter.")
+    assert first.messages[-1].content == "<image>\nWhich is it?\nA. cat\nB. dog\nAnswer with the option's letter."
+    assert second.messages[0].content == "<image>\nWhich is it?\nA. cat\nB. dog"  # the gold history as it was
+    assert second.prompt == "And now?\nAnswer with the option's letter."

@@ -53,3 +53,17 @@ def test_gpu_decode_runs_on_tiny_shapes():
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"batch 1: \d+ tokens/s overall", result.stdout) and "batch-1 decode reads the weights at" in result.stdout
     assert re.search(r"batch 4 against batch 1: [\d.]+x tokens/s", result.stdout), result.stdout
+
+
+def test_batch_throughput_runs_the_job_against_the_loop(tmp_path):
+    """benchmarks/batch_throughput.py on 100 rows (and 10): both sides run, the loop's answers equal the job's."""
+    import json
+
+    out = tmp_path / "batch.json"
+    result = subprocess.run([sys.executable, "benchmarks/batch_throughput.py", "--rows", "100", "--loop-rows", "20",
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["agreement"] == {"compared": 20, "equal": 20, "differ": {}}
+    assert figures["jobs"]["100"]["rows"] == 100 and figures["jobs"]["10"]["rows"] == 10
+    assert "job 100, steady state" in result.stdout and "peak memory" in result.stdout

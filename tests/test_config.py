@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from llava_platform.batch.spec import BatchJobSpec
 from llava_platform.config import (
     BuildSpec,
     ConfigError,
@@ -98,6 +99,8 @@ SPEC_KINDS = {
     frozenset({"model"}): BuildSpec,
     frozenset({"model", "data", "train", "run"}): TrainJobSpec,
     frozenset({"model", "data", "train", "scaling", "run"}): TrainJobSpec,
+    frozenset({"model", "batch", "sampling"}): BatchJobSpec,
+    frozenset({"model", "batch", "sampling", "storage"}): BatchJobSpec,
 }
 
 

@@ -28,7 +28,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, lora_model, make_image, run_job
+from llava_platform.batch.answers import read_answers
 from llava_platform.config import LoraSpec
+from llava_platform.eval.review import ReviewItem
 from serving import ServedApp, metrics_text, tiny_config
 
 KEY = secrets.token_hex(16)
@@ -516,6 +518,43 @@ def test_a_killed_model_replica_is_replaced_without_losing_requests(app, ray_cli
     print(f"replica killed under load: {len(failures)} of 24 requests failed once (503), all answered on retry")
     wait_replicas(app, 1, 60)
     assert chat_random(client, 4).choices[0].message.content
+
+
+def test_a_review_judged_by_this_server_reports_replies_without_a_score(app, client, tmp_path, monkeypatch):
+    """jobs.evaluate's GPT-assisted review with this platform's own server as the judge (any OpenAI-compatible
+    endpoint): the tiny model answers the questions, then judges them; a reply with no score is counted, not guessed."""
+    from llava_platform.config import load
+    from llava_platform.eval.job import run_evaluation
+    from llava_platform.eval.review import judge_messages, load_rules, parse_scores
+    from llava_platform.eval.spec import EvalJobSpec
+
+    lines = [{"question_id": f"q{i}", "image": f"scene{i}.png", "text": "Describe the image.", "category": category,
+              "caption": "shapes on a grid", "reference": "A red circle."} for i, category in enumerate(["conv", "detail", "conv"])]  # fmt: skip
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "rules.json").write_text(json.dumps({"default": {"role": "Assistant", "prompt": "Score both 1-10."}}))
+    monkeypatch.setenv("LLAVA_TEST_KEY", KEY)
+    spec = load(REPO / "jobs/configs/tiny_batch.yaml", EvalJobSpec, [
+        f"batch.input={tmp_path / 'questions.jsonl'}", f"batch.image_folder={EXAMPLES}", f"batch.output={tmp_path / 'out'}",
+        "task.name=bench", "task.metric=review", f"task.judge.base_url={app.url}/v1", "task.judge.model=llava-tiny",
+        "task.judge.api_key_env=LLAVA_TEST_KEY", f"task.judge.rules={tmp_path / 'rules.json'}", "task.judge.max_tokens=8",
+        "task.judge.temperature=0"])  # fmt: skip
+    metrics = run_evaluation(spec, log=lambda line: None)
+
+    judged = {r["question_id"]: r for r in metrics["judged"]}
+    assert sorted(judged) == ["q0", "q1", "q2"] and not any(r["error"] for r in judged.values())
+    answers = {r["question_id"]: r["text"] for r in read_answers(str(tmp_path / "out"))}
+    rules = load_rules(str(tmp_path / "rules.json"))
+    for line in lines:  # each reply is what the server says to that judge prompt (greedy), read as parse_scores reads it
+        item = ReviewItem(line["question_id"], line["category"], line["text"], line["caption"], line["reference"],
+                          answers[line["question_id"]])  # fmt: skip
+        direct = client.chat.completions.create(model="llava-tiny", messages=judge_messages(item, rules), max_tokens=8,
+                                                temperature=0)  # fmt: skip
+        assert judged[item.question_id]["reply"] == direct.choices[0].message.content
+        assert judged[item.question_id]["scores"] == parse_scores(direct.choices[0].message.content)
+    overall = metrics["scores"]["all"]
+    unscored = sum(r["scores"] is None for r in judged.values())
+    assert (overall["count"], overall["unscored"], overall["scored"]) == (3, unscored, 3 - unscored)
+    assert metrics["scores"]["conv"]["count"] == 2 and metrics["scores"]["detail"]["count"] == 1
 
 
 def test_the_throughput_benchmark_runs_against_the_app(app):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["user_errors_exit", "quiet_transformers", "drop_bitsandbytes_kernel_notice"]
+__all__ = ["user_errors_exit", "quiet_transformers", "drop_bitsandbytes_kernel_notice", "spec_job"]
 
 
 def user_errors_exit(main: Callable[[], None]) -> Callable[[], None]:
@@ -26,6 +28,24 @@ def user_errors_exit(main: Callable[[], None]) -> Callable[[], None]:
             sys.exit(2)
 
     return wrapper
+
+
+def spec_job(doc: str, spec_cls: type, run: Callable[[Any], Any], config_help: str, example: str) -> None:
+    """The command line of a job driven by one spec: `--config FILE [dotted.key=value ...]` -> load() -> run(spec),
+    quiet transformers, a user error exits 2 with its message. `example` shows an override in --help."""
+    from llava_platform.config import load
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("overrides", nargs="*", help=f"dotted.key=value, e.g. {example}")
+    args = parser.parse_args()
+
+    @user_errors_exit
+    def main() -> None:
+        quiet_transformers()
+        run(load(args.config, spec_cls, args.overrides))
+
+    main()
 
 
 def quiet_transformers() -> None:

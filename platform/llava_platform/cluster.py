@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-__all__ = ["RayTarget", "choose_ray", "connect", "recorded_cluster", "accepts_connections"]
+__all__ = ["RayTarget", "choose_ray", "connect", "recorded_cluster", "accepts_connections", "quiet_ray_data"]
 
 PROBE_TIMEOUT_S = 5.0  # a live GCS accepts a connection in milliseconds; a remote one over a slow network in seconds
 
@@ -99,3 +99,13 @@ def connect(timeout_s: float = PROBE_TIMEOUT_S) -> RayTarget:
         print(f"[ray] {target.reason}", flush=True)
     ray.init(address=target.address)
     return target
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or start-of-execution lines on a job's console (the jobs print their own progress);
+    set in the driver's DataContext, which Ray carries to the tasks and trainers it starts."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

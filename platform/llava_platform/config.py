@@ -32,10 +32,8 @@ __all__ = [
     "TrainSpec",
     "ScalingSpec",
     "RunSpec",
-    "BatchSpec",
     "BuildSpec",
     "TrainJobSpec",
-    "BatchJobSpec",
     "load",
     "parse_overrides",
     "dump",
@@ -357,15 +355,6 @@ class RunSpec(StrictModel):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
 
 
-class BatchSpec(StrictModel):
-    """Batch inference over an image set (issue 4 runs it on Ray Data)."""
-
-    input: str = Field(description="LLaVA JSON/JSONL of prompts")
-    image_folder: str | None = Field(None)
-    output: str = Field(description="output directory")
-    batch_size: int = Field(8, gt=0)
-
-
 class BuildSpec(StrictModel):
     """`jobs.build_model`: one model section."""
 
@@ -399,13 +388,6 @@ class TrainJobSpec(StrictModel):
             raise ValueError("model.dtype=float16 with train.strategy=ddp: fp16 needs loss scaling, which the ddp "
                              "strategy does not do; use model.dtype: bfloat16, or a DeepSpeed strategy")  # fmt: skip
         return self
-
-
-class BatchJobSpec(StrictModel):
-    """`jobs.batch_infer`."""
-
-    batch: BatchSpec
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,20 +21,25 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from llava_platform.batch.spec import BatchJobSpec
 from llava_platform.config import StrictModel, TrainJobSpec
+from llava_platform.eval.spec import EvalJobSpec
 from llava_platform.serve.spec import ServeAppSpec
 
 __all__ = ["DOCUMENTED", "render", "undocumented_fields"]
 
-# the files users write: (spec, the heading of its part of the reference)
-DOCUMENTED: list[tuple[type[StrictModel], str]] = [
-    (TrainJobSpec, "Training job specs: `jobs.pretrain`, `jobs.finetune` (jobs/configs/*_pretrain.yaml, *_finetune.yaml)"),
-    (ServeAppSpec, "Serve app `args` (serve_apps/*.yaml, `import_path: llava_platform.serve.app:build_app`)"),
+# the files users write: (spec, the heading of its part of the reference, its sections documented by an earlier entry)
+DOCUMENTED: list[tuple[type[StrictModel], str, tuple[str, ...]]] = [
+    (TrainJobSpec, "Training job specs: `jobs.pretrain`, `jobs.finetune` (jobs/configs/*_pretrain.yaml, *_finetune.yaml)", ()),
+    (ServeAppSpec, "Serve app `args` (serve_apps/*.yaml, `import_path: llava_platform.serve.app:build_app`)", ()),
+    (BatchJobSpec, "Batch job specs: `jobs.batch_infer` (jobs/configs/*_batch.yaml)", ("model", "storage")),
+    (EvalJobSpec, "Evaluation specs: `jobs.evaluate` (jobs/configs/eval/*.yaml)", ("model", "storage", "batch", "sampling")),
 ]
 
 HEADER = """# Configuration reference
 
-Generated from the field descriptions in `platform/llava_platform/config.py` and `serve/spec.py` by
+Generated from the field descriptions in `platform/llava_platform/config.py`, `serve/spec.py`, `batch/spec.py`
+and `eval/spec.py` by
 `python -m llava_platform.config_reference --out docs/configuration.md`; do not edit by hand.
 
 Every key is typed; an unknown key, a wrong type or a missing required key stops the job before it
@@ -137,18 +142,20 @@ def _table(name: str, spec: type[StrictModel], scalars_only: bool = False) -> st
 def render() -> str:
     """docs/configuration.md, as the specs describe themselves today."""
     parts = [HEADER]
-    for spec, heading in DOCUMENTED:
+    for spec, heading, elsewhere in DOCUMENTED:
         parts.append(f"## {heading}")
+        if elsewhere:
+            parts.append("Also " + ", ".join(f"`{name}:`" for name in elsewhere) + ", as documented above.")
         if any(_nested(f.annotation) is None for f in spec.model_fields.values()):
             parts.append(_table("", spec, scalars_only=True))
-        parts += [_table(name, section) for name, section in _sections(spec, "")[1:]]
+        parts += [_table(name, section) for name, section in _sections(spec, "")[1:] if name.split(".")[0] not in elsewhere]
     return "\n\n".join(parts) + "\n"
 
 
 def undocumented_fields() -> list[str]:
     """Dotted keys of the documented specs that have no description (the reference would show an empty cell)."""
     missing = []
-    for spec, _ in DOCUMENTED:
+    for spec, _, _ in DOCUMENTED:
         for name, section in _sections(spec, ""):
             for key, field in section.model_fields.items():
                 if not field.description and _nested(field.annotation) is None:

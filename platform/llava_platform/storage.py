@@ -14,14 +14,20 @@ travels to Ray tasks small; each process opens its own filesystems.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from llava_platform.config import StorageSpec
 
-__all__ = ["FileStamp", "Storage", "is_uri"]
+__all__ = ["FileStamp", "Storage", "is_uri", "CHECKPOINT_CACHE"]
+
+# where a checkpoint named by URI is copied on each node (Serve replicas, batch actors); LLAVA_CHECKPOINT_CACHE moves it
+CHECKPOINT_CACHE = Path(os.environ.get("LLAVA_CHECKPOINT_CACHE", Path.home() / ".cache" / "llava_platform" / "checkpoints"))
 
 
 def is_uri(path: str) -> bool:
@@ -139,10 +145,20 @@ class Storage:
         fs, inner = self.filesystem(folder)
         local = os.path.join(os.fspath(cache_root), inner.strip("/"))
         marker = os.path.join(local, ".complete")
-        if not os.path.exists(marker):
-            os.makedirs(local, exist_ok=True)
-            pafs.copy_files(inner, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-            open(marker, "w").close()
+        if os.path.exists(marker):
+            return local
+        # copied beside it and renamed whole: processes of one node (a Serve replica, batch actors) may copy at once,
+        # and none must read a file another is still writing
+        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(tmp)
+        pafs.copy_files(inner, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        open(os.path.join(tmp, ".complete"), "w").close()
+        if os.path.isdir(local) and not os.path.exists(marker):
+            shutil.rmtree(local, ignore_errors=True)  # a folder without its marker: a copy made in place and cut short
+        try:
+            os.rename(tmp, local)
+        except OSError:  # another process renamed its whole copy there first
+            shutil.rmtree(tmp, ignore_errors=True)
         return local
 
     # ------------------------------------------------------------------ writing

@@ -36,13 +36,13 @@ def _refused(question_id: str, error: str, metadata: dict[str, Any] | None = Non
     return Question(question_id, [], [], "", metadata or {}, error)
 
 
-def from_question_line(raw: Any, index: int, suffix: str | None = None) -> Question:
+def from_question_line(raw: Any, label: str, suffix: str | None = None) -> Question:
     """A line of LLaVA's question files (`question_id`, `image` (optional), `text`): the image goes first, as LLaVA's
     model_vqa scripts ask it. `suffix` is appended to the text (the files of LLaVA-1.5's benchmarks already hold
-    theirs: only a task spec that says so adds one). `index` names a line without a question_id."""
+    theirs: only a task spec that says so adds one). `label` ("line 12") names a line without a question_id."""
     if not isinstance(raw, dict):
-        return _refused(f"line {index}", f"bad_record: expected an object, got {type(raw).__name__}")
-    question_id = str(raw.get("question_id", f"line {index}"))
+        return _refused(label, f"bad_record: expected an object, got {type(raw).__name__}")
+    question_id = str(raw.get("question_id", label))
     metadata = {k: v for k, v in raw.items() if k not in ("question_id", "image", "text")}
     text, image = raw.get("text"), raw.get("image")
     if not isinstance(text, str):
@@ -58,11 +58,12 @@ def from_question_line(raw: Any, index: int, suffix: str | None = None) -> Quest
     return Question(question_id, [Message("user", content)], [image] if image else [], prompt, metadata)
 
 
-def from_conversation(raw: Any, index: int) -> list[Question]:
+def from_conversation(raw: Any, label: str, suffix: str | None = None) -> list[Question]:
     """A LLaVA conversation record: every human turn is a question, asked with the gold turns before it; its id is the
-    record id and the turn's index among the human turns ("r1_0", "r1_1", ...)."""
+    record id (`label`, "#12", for a record without one) and the turn's index among the human turns ("r1_0", ...).
+    `suffix` is appended to each asked turn (not to the history before it)."""
     try:
-        record = parse_record(raw, index)
+        record = parse_record(raw, label)
     except RecordError as e:
         return [_refused(e.record_id, f"bad_record: {e.reason}")]
     questions = []
@@ -70,7 +71,7 @@ def from_conversation(raw: Any, index: int) -> list[Question]:
     for k, message in enumerate(record.messages):
         if message.role != "user":
             continue
-        history = record.messages[: k + 1]
+        history = record.messages[:k] + [Message("user", message.content + (suffix or ""))]
         placeholders = sum(m.content.count(IMAGE_PLACEHOLDER) for m in history)
         prompt = message.content.replace(IMAGE_PLACEHOLDER, "").strip()
         question_id = f"{record.id}_{asked}"
@@ -78,6 +79,7 @@ def from_conversation(raw: Any, index: int) -> list[Question]:
         if not prompt:
             questions.append(_refused(question_id, "empty_question", dict(record.extra)))
             continue
+        prompt += suffix or ""
         gold = record.messages[k + 1].content if k + 1 < len(record.messages) else None
         metadata = {**record.extra, **({"gold": gold} if gold is not None else {})}
         questions.append(Question(question_id, history, record.images[:placeholders], prompt, metadata))

@@ -22,6 +22,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import is_torchvision_available
 
+from llava_platform.storage import Storage, is_uri
+
 # Same processing either way; the torchvision backend is faster where installed (GPU images usually).
 # Importing the *Pil names directly avoids transformers' "falling back to PIL" notice.
 if is_torchvision_available():
@@ -32,7 +34,7 @@ else:
 
 __all__ = [
     "ImageError", "ImageNotFound", "load_image", "anyres_pinpoints", "ANYRES_336_PINPOINTS", "IMAGE_MODES",
-    "build_image_processor", "preprocess_images", "pad_patches", "DEFAULT_MAX_PIXELS", "PixelNormalizer",
+    "build_image_processor", "preprocess_images", "pad_patches", "DEFAULT_MAX_PIXELS", "PixelNormalizer", "load_image_at",
 ]  # fmt: skip
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
@@ -97,6 +99,17 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAU
         raise ImageError(f"{name}: image data is truncated or corrupt ({e}); re-export or remove it") from e
     with image:  # closes the file on every path; _decode returns a new image
         return _decode(image, name, max_pixels)
+
+
+def load_image_at(path: str, storage: Storage, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """load_image of a local file or an object (s3://, gs://); ImageNotFound when nothing is there."""
+    if not is_uri(path):
+        return load_image(path, max_pixels=max_pixels)
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError as e:
+        raise ImageNotFound.at(path) from e
+    return load_image(data, max_pixels=max_pixels, name=path)
 
 
 def _decode(image: Image.Image, name: str, max_pixels: int) -> Image.Image:

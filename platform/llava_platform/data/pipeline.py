@@ -45,7 +45,7 @@ from llava_platform.storage import Storage
 
 __all__ = [
     "EncoderConfig", "GoodSamples", "CheckedData", "check_dataset", "encode_indices", "row_to_sample", "stream_samples",
-    "encode_all", "encoded_bytes", "check_cache_fits",
+    "encode_all", "encoded_bytes", "check_cache_fits", "files_dataset",
 ]  # fmt: skip
 
 PREPROCESS_BATCH = 32  # records per encode task: small, so the first training batch is not kept waiting
@@ -195,7 +195,7 @@ def _check_folder(cache_dir: str, shards: RecordShards, config: EncoderConfig) -
     return Storage.join(cache_dir, f"checks/{key}")
 
 
-def _files_dataset(files: list[str]):
+def files_dataset(files: list[str]):
     """File paths as a Ray Dataset of one row per block: a task per file, run in parallel. (read_parquet sizes its
     read tasks by bytes, and reads the 80 shards of a 665k-record set in one task when few columns are read.)"""
     import ray.data
@@ -214,10 +214,10 @@ def check_dataset(data: DataSpec, config: EncoderConfig, cache_dir: str, tasks: 
     previous = json.loads(storage.read_bytes(current)) if storage.exists(current) else None
     if previous is None:
         files = shards.files
-        rows = _files_dataset(files).map_batches(check_file, **_tasks(data, 1, len(files), tasks, config=config))
+        rows = files_dataset(files).map_batches(check_file, **_tasks(data, 1, len(files), tasks, config=config))
     else:
         files = previous["files"]
-        rows = _files_dataset(files).map_batches(recheck_file, **_tasks(data, 1, len(files), tasks, config=config, shards=shards))
+        rows = files_dataset(files).map_batches(recheck_file, **_tasks(data, 1, len(files), tasks, config=config, shards=shards))
     summary = _Summary(data.path, storage, Storage.join(folder, uuid.uuid4().hex[:12]))
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):  # as the tasks made them: no re-batching
         summary.add(batch)

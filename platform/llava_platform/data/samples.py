@@ -23,10 +23,10 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from llava_platform.data.encode import IGNORE_INDEX, Encoded, encode_rendered, expand_image_tokens
-from llava_platform.data.images import ImageError, ImageNotFound, load_image, pad_patches
+from llava_platform.data.images import ImageError, load_image_at, pad_patches
 from llava_platform.data.records import Record, RecordError
 from llava_platform.data.templates import IMAGE_PLACEHOLDER, ConversationTemplate, Rendered, TemplateError
-from llava_platform.storage import Storage, is_uri
+from llava_platform.storage import Storage
 
 __all__ = ["EncodedSample", "SampleEncoder", "blank_sample"]
 
@@ -117,14 +117,7 @@ class SampleEncoder:
 
     def load_image(self, relative: str) -> Image.Image:
         """A record's image, decoded (local file or object), or ImageError naming where it was looked for."""
-        path = self.image_path(relative)
-        if not is_uri(path):
-            return load_image(path, max_pixels=self.max_image_pixels)
-        try:
-            data = self.storage.read_bytes(path)
-        except FileNotFoundError as e:
-            raise ImageNotFound.at(path) from e
-        return load_image(data, max_pixels=self.max_image_pixels, name=path)
+        return load_image_at(self.image_path(relative), self.storage, self.max_image_pixels)
 
     def _images(self, record: Record) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
         """Each image through the processor alone: its uint8 pixels and how many <image> tokens it expands to."""

@@ -7,6 +7,7 @@ LLaVA JSON:
     pretrain.json   stage 1: "<image>" -> "a red circle at the top left and a blue square at the bottom right"
     finetune.json   stage 2: 2-4 question/answer turns per image, short exact answers
     test.json       held-out scenes (never in train), one question each, gold in "answer"
+    questions.jsonl test.json as a LLaVA question file (question_id, image, text, answer) for batch jobs
 
 Every record also carries its "scene" (list of {shape, color, cell}) so answers can be re-derived.
 """
@@ -37,11 +38,12 @@ class SyntheticPaths:
     pretrain: Path
     finetune: Path
     test: Path
+    questions: Path  # test.json's questions as a LLaVA question file (question_id, image, text, answer): batch jobs
 
     @classmethod
     def in_folder(cls, root: Path) -> SyntheticPaths:
         """The layout `generate` writes (and `jobs.demo --data` reads): the three JSON files, image paths relative to root."""
-        return cls(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json")
+        return cls(root, root, root / "pretrain.json", root / "finetune.json", root / "test.json", root / "questions.jsonl")
 
 
 def _random_scene(rng: random.Random) -> tuple[Obj, ...]:
@@ -148,4 +150,7 @@ def generate(out_dir: str | Path, num_train: int = 2000, num_test: int = 200, se
     paths = SyntheticPaths.in_folder(root)
     for path, records in [(paths.pretrain, pretrain), (paths.finetune, finetune), (paths.test, test)]:
         path.write_text(json.dumps(records, indent=1))
+    lines = [{"question_id": r["id"], "image": r["image"], "text": r["conversations"][0]["value"].removeprefix("<image>\n"),
+              "answer": r["answer"]} for r in test]  # fmt: skip
+    paths.questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return paths

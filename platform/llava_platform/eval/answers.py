@@ -8,7 +8,7 @@ Facts from the official evaluations: the VQA answer processing (lower case, punc
 words to digits, articles dropped, its contraction table), POPE's reading of an answer (the first
 sentence; "no" if it holds the word No, no or not, else "yes"), and the option-letter forms ScienceQA's
 scorer accepts ("B", "B. text", "... The answer is B."). An answer with no letter is None: scored
-wrong and counted, never guessed (LLaVA's script picks a random option there).
+wrong and counted, never guessed (as LLaVA's ScienceQA scorer does).
 """
 
 from __future__ import annotations

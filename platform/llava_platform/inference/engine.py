@@ -28,17 +28,18 @@ from typing import Literal
 
 import torch
 from PIL import Image
+from transformers import ProcessorMixin
 from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from llava_platform.config import ModelSpec, SamplingSpec
 from llava_platform.data.images import pad_patches
-from llava_platform.data.templates import IMAGE_PLACEHOLDER, Message, TemplateError
+from llava_platform.data.templates import IMAGE_PLACEHOLDER, ConversationTemplate, Message, TemplateError
 from llava_platform.model.builder import load_checkpoint
 from llava_platform.model.bundle import ModelBundle
 
-__all__ = ["GenerationRequest", "GenerationResult", "StreamEvent", "InferenceEngine"]
+__all__ = ["GenerationRequest", "GenerationResult", "StreamEvent", "InferenceEngine", "encode_messages"]
 
 
 @dataclass(eq=False)  # compared by identity: it carries images, tensors and an event
@@ -151,6 +152,21 @@ class _RowSampler(LogitsProcessor):
         return scores
 
 
+def encode_messages(processor: ProcessorMixin, template: ConversationTemplate, messages: list[Message], images: list[Image.Image],
+                    index: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A conversation's model inputs, as the engine builds them: the template's prompt (with the generation prompt)
+    through the processor. input_ids (1, T), pixel_values (n_images, ...), image_sizes with images. Raises
+    TemplateError for a conversation the template refuses or placeholders that do not match the images (request
+    `index` named). Batch preprocessing calls it without a model, so its rows are what the engine would encode."""
+    placeholders = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)
+    if placeholders != len(images):
+        raise TemplateError(f"request {index}: the messages have {placeholders} <image> placeholders but "
+                            f"{len(images)} images were given")  # fmt: skip
+    prompt = template.render(messages, add_generation_prompt=True).text
+    inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+
 class InferenceEngine:
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
@@ -189,13 +205,7 @@ class InferenceEngine:
         template refuses or placeholders that do not match the images. Kept on the request (`encoded`) until its
         batch is prepared, so a request checked alone (the Serve replica measures its prompt) is not processed twice."""
         if request.encoded is None:
-            placeholders = sum(m.content.count(IMAGE_PLACEHOLDER) for m in request.messages)
-            if placeholders != len(request.images):
-                raise TemplateError(f"request {index}: the messages have {placeholders} <image> placeholders but "
-                                    f"{len(request.images)} images were given")  # fmt: skip
-            prompt = self.template.render(request.messages, add_generation_prompt=True).text
-            inputs = self.processor(text=[prompt], images=request.images or None, return_tensors="pt")
-            request.encoded = {k: v for k, v in inputs.items() if k != "attention_mask"}
+            request.encoded = encode_messages(self.processor, self.template, request.messages, request.images, index)
         return request.encoded
 
     def prepare(self, requests: list[GenerationRequest]) -> dict[str, torch.Tensor]:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -32,11 +30,10 @@ from llava_platform.inference.batcher import BatchStats, DynamicBatcher
 from llava_platform.inference.engine import GenerationRequest, InferenceEngine
 from llava_platform.serve.metrics import ModelMetrics
 from llava_platform.serve.spec import ServeAppSpec, ServedModelSpec
-from llava_platform.storage import Storage
+from llava_platform.storage import CHECKPOINT_CACHE, Storage
 
-__all__ = ["LlavaModel", "CHECKPOINT_CACHE"]
+__all__ = ["LlavaModel"]
 
-CHECKPOINT_CACHE = Path(os.environ.get("LLAVA_CHECKPOINT_CACHE", Path.home() / ".cache" / "llava_platform" / "checkpoints"))
 
 
 def load_engine(model: ServedModelSpec, storage: Storage) -> InferenceEngine:

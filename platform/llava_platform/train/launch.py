@@ -14,7 +14,6 @@ The driver holds no record: the check's report and three arrays over the good sa
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,9 +26,9 @@ from ray.data import ExecutionOptions
 from ray.train.torch import TorchConfig, TorchTrainer
 from transformers import ProcessorMixin
 
-from llava_platform.cli import quiet_transformers, user_errors_exit
-from llava_platform.cluster import connect
-from llava_platform.config import TrainJobSpec, load
+from llava_platform.cli import spec_job
+from llava_platform.cluster import connect, quiet_ray_data
+from llava_platform.config import TrainJobSpec
 from llava_platform.data.pipeline import CheckedData, EncoderConfig, check_cache_fits, check_dataset, encode_all
 from llava_platform.model.builder import build_processor_for
 from llava_platform.storage import Storage, is_uri
@@ -111,9 +110,7 @@ def connect_ray() -> None:
     local Ray, never a wait on a cluster that is gone (llava_platform.cluster); Ray Data quiet on the console
     (the context is carried to the workers by Ray Train)."""
     connect()
-    quiet = ray.data.DataContext.get_current()
-    quiet.enable_progress_bars = False
-    quiet.print_on_execution_start = False
+    quiet_ray_data()
 
 
 def check_data(spec: TrainJobSpec) -> tuple[CheckedData, EncoderConfig, ProcessorMixin]:
@@ -186,14 +183,5 @@ def run_training(spec: TrainJobSpec, stage: str) -> TrainingResult:
 
 def main(stage: str, doc: str) -> None:
     """Command line of jobs.pretrain / jobs.finetune: a bad spec, dataset or path exits 2 with its message."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="job spec YAML (see jobs/configs)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.lr=1e-4 scaling.num_workers=2")
-    args = parser.parse_args()
-
-    @user_errors_exit
-    def run() -> None:
-        quiet_transformers()
-        run_training(load(args.config, TrainJobSpec, args.overrides), stage)
-
-    run()
+    spec_job(doc, TrainJobSpec, lambda spec: run_training(spec, stage), "job spec YAML (see jobs/configs)",
+             "train.lr=1e-4 scaling.num_workers=2")
