@@ -143,7 +143,7 @@ def test_the_shipped_tiny_batch_spec_is_valid():
     from llava_platform.config import ConfigError, load
 
     spec = load(REPO / "jobs/configs/tiny_batch.yaml", BatchJobSpec)
-    assert spec.model.checkpoint == "jobs/assets/tiny-base" and spec.batch.batch_size == 32
+    assert spec.model.checkpoint == "jobs/assets/tiny-base" and spec.batch.batch_size == 64
     with pytest.raises(ConfigError, match="model.checkpoint"):
         load(REPO / "jobs/configs/tiny_batch.yaml", BatchJobSpec, ["model.checkpoint=null", "model.preset=tiny"])
     with pytest.raises(ConfigError, match="batch.actor"):

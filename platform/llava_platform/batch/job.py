@@ -141,7 +141,7 @@ def run_batch(spec: BatchJobSpec, log=print) -> BatchSummary:
     )  # fmt: skip
 
     total = source.entries if source.questions_known else None
-    progress = Progress(total, len(written), batch.progress_every_s)
+    progress = Progress(total, len(written), batch.progress_every_s, started=started)
     writer = PartWriter(batch.output, storage, batch.output_format, batch.rows_per_part, batch.commit_every_s)
     tally = Tally()
     for table in answers.iter_batches(batch_format="pyarrow", batch_size=None):

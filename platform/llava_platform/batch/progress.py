@@ -1,6 +1,6 @@
 """Progress of a batch job: one live line at a terminal, plain lines every few seconds in logs.
 
-    [batch] 1200/5000 rows  41.3 rows/s  ETA 1m32s          (rewritten in place at a terminal)
+    [batch] 1200/5000 rows, 41.3 rows/s, ETA 1m32s          (rewritten in place at a terminal)
     [batch] 1200/5000 rows, 41.3 rows/s, ETA 1m32s           (every `every_s` seconds otherwise: `ray job logs`)
 
 Rows already written by an earlier run count as done; the rate is this run's. Without a known total
@@ -27,15 +27,16 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int | None, done_before: int, every_s: float, stream: TextIO | None = None):
+    def __init__(self, total: int | None, done_before: int, every_s: float, stream: TextIO | None = None,
+                 started: float | None = None):  # fmt: skip
         self.total = total
         self.done_before = done_before
         self.done = 0  # rows written by this run
         self.every_s = every_s
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
-        self.started = time.monotonic()
-        self.first_row_s: float | None = None  # seconds from start to the first row written: the job's start-up cost
+        self.started = time.monotonic() if started is None else started  # time.monotonic() when the job started
+        self.first_row_s: float | None = None  # seconds from the start to the first row written: the job's start-up
         self.shown = 0.0
         self.shown_done = -1  # rows the last line showed
 
