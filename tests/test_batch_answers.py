@@ -148,3 +148,57 @@ def test_the_shipped_tiny_batch_spec_is_valid():
         load(REPO / "jobs/configs/tiny_batch.yaml", BatchJobSpec, ["model.checkpoint=null", "model.preset=tiny"])
     with pytest.raises(ConfigError, match="batch.actor"):
         load(REPO / "jobs/configs/tiny_batch.yaml", BatchJobSpec, ["batch.actor=2"])
+
+
+def test_one_job_at_a_time_writes_an_output_and_only_for_the_same_model_and_settings(tmp_path):
+    from llava_platform.batch.writer import OutputLock, check_same_run
+
+    with OutputLock(str(tmp_path)):
+        with pytest.raises(ValueError, match=r"another batch job \(pid \d+\) is writing there"):
+            OutputLock(str(tmp_path)).__enter__()
+    with OutputLock(str(tmp_path)):  # released with the first
+        pass
+    identity = {"checkpoint": "runs/a/final", "sampling": {"max_new_tokens": 16}, "input": "q.jsonl"}
+    check_same_run(str(tmp_path), Storage(), identity)  # the first run records what it is
+    check_same_run(str(tmp_path), Storage(), dict(identity))
+    with pytest.raises(ValueError, match=r"checkpoint: 'runs/a/final' there, 'runs/b/final' now.*another batch.output"):
+        check_same_run(str(tmp_path), Storage(), {**identity, "checkpoint": "runs/b/final"})
+
+
+def test_a_row_generate_fails_on_is_written_with_its_error_and_the_batch_answered(tiny_checkpoint, tmp_path):
+    """A batch whose generate raises is answered row by row; the row that fails alone (here: pixels of the wrong
+    size) gets generation_failed, the others their answers."""
+    import pickle
+
+    from PIL import Image
+
+    from llava_platform.batch.predictor import BatchPredictor
+    from llava_platform.config import ModelSpec, SamplingSpec
+
+    engine = InferenceEngine.from_checkpoint(tiny_checkpoint)
+    Image.new("RGB", (30, 30), "red").save(tmp_path / "a.png")
+    lines = [{"question_id": i, "image": "a.png", "text": q} for i, q in enumerate(["What color?", "Where?", "Why?"])]
+    encoder = QuestionEncoder(engine.processor, "mistral_instruct", str(tmp_path), Storage(), 10_000, 300)
+    rows = encode_questions(question_table([from_question_line(x, "l") for x in lines]), encoder).to_pylist()
+    broken = decode_inputs(rows[1]["inputs"])
+    broken["pixel_values"] = broken["pixel_values"][:, :, :8, :8]  # not the tower's size
+    rows[1]["inputs"] = pickle.dumps({k: v.numpy() for k, v in broken.items()})
+    predictor = BatchPredictor(ModelSpec(checkpoint=str(tiny_checkpoint)), SamplingSpec(max_new_tokens=8), "m")
+    answers = predictor(pa.Table.from_pylist(rows, schema=encode_questions(question_table([]), encoder).schema)).to_pylist()
+    assert answers[1]["error"].startswith("generation_failed: ValueError: Input image size") and answers[1]["text"] == ""
+    expected = engine.generate([GenerationRequest([], encoded=decode_inputs(rows[i]["inputs"])) for i in (0, 2)],
+                               SamplingSpec(max_new_tokens=8))  # fmt: skip
+    assert [answers[0]["text"], answers[2]["text"]] == [r.text for r in expected] and answers[0]["error"] is None
+
+
+def test_a_very_thin_image_is_scaled_to_the_side_limit_before_the_processor(tiny_checkpoint, tmp_path):
+    """pad mode pads to a square: 20000 x 2 would become 20000 x 20000 x 3 floats; scaled to 512 x 1 first."""
+    from PIL import Image
+
+    engine = InferenceEngine.from_checkpoint(tiny_checkpoint, image_mode="pad")
+    Image.new("RGB", (20000, 2), "red").save(tmp_path / "thin.png")
+    encoder = QuestionEncoder(engine.processor, "mistral_instruct", str(tmp_path), Storage(), 10**8, 300, max_image_side=512)
+    assert encoder.read_image("thin.png", None).size == (512, 1)
+    [row] = encode_questions(question_table([from_question_line({"question_id": 1, "image": "thin.png", "text": "q"},
+                                                                "l")]), encoder).to_pylist()  # fmt: skip
+    assert row["error"] is None and decode_inputs(row["inputs"])["pixel_values"].shape[-1] == 96

@@ -141,7 +141,8 @@ def test_a_killed_job_rerun_answers_each_row_exactly_once_and_nothing_twice(ray_
     written = [json.loads(line)["question_id"] for data in before.values() for line in data.decode().splitlines()]
     assert 24 <= len(written) < 240
 
-    done = run_job("batch_infer", *args[3:], env={"RAY_ADDRESS": ray_cluster.gcs})
+    # the same job (a bigger batch is no other job: answers do not depend on it), resumed
+    done = run_job("batch_infer", *args[3:], "batch.batch_size=32", env={"RAY_ADDRESS": ray_cluster.gcs})
     assert done.returncode == 0, done.stderr[-3000:]
     ids = [r["question_id"] for r in answers_in(out)]
     assert sorted(ids) == sorted(json.loads(line)["question_id"] for line in paths.questions.read_text().splitlines())

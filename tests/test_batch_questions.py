@@ -56,3 +56,21 @@ def test_a_task_suffix_goes_on_each_asked_turn_not_on_the_history():
     assert first.messages[-1].content == "<image>\nWhich is it?\nA. cat\nB. dog\nAnswer with the option's letter."
     assert second.messages[0].content == "<image>\nWhich is it?\nA. cat\nB. dog"  # the gold history as it was
     assert second.prompt == "And now?\nAnswer with the option's letter."
+
+
+def test_a_null_question_id_is_named_by_its_line():
+    assert from_question_line({"question_id": None, "text": "q"}, "line 9").question_id == "line 9"
+
+
+def test_image_globs_match_within_a_folder_and_across_with_double_star(tmp_path):
+    from llava_platform.batch.inputs import image_paths
+    from llava_platform.storage import Storage
+
+    for name in ("x.png", "b/y.jpg", "b/c/q.png", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    storage = Storage()
+    assert image_paths(str(tmp_path), storage) == (str(tmp_path), ["b/c/q.png", "b/y.jpg", "x.png"])
+    assert image_paths(f"{tmp_path}/*.png", storage)[1] == ["x.png"]
+    assert image_paths(f"{tmp_path}/**/*.png", storage)[1] == ["b/c/q.png", "x.png"]
+    assert image_paths(f"{tmp_path}/b/*", storage) == (f"{tmp_path}/b", ["y.jpg"])

@@ -253,17 +253,16 @@ def test_review_scores_relative_to_the_reference(canned):
     assert (metrics["rows"], metrics["errors"], metrics["missing_gold"]) == (4, {"missing_image": 1}, 0)
     s = metrics["scores"]
     assert list(s) == ["all", "conv", "detail"]
-    # all: (8, 6), (9, 9), (10, 2) scored; Q2 not
-    assert s["all"] == {"count": 4, "scored": 3, "unscored": 1, "reference": 9.0, "answer": pytest.approx(17 / 3),
-                        "relative": pytest.approx(100 * (17 / 3) / 9)}  # fmt: skip
+    # all: (8, 6), (9, 9) scored; Q2's reply holds no score; Q4 was never answered, so it is not judged
+    assert s["all"] == {"count": 3, "scored": 2, "unscored": 1, "reference": 8.5, "answer": 7.5,
+                        "relative": pytest.approx(100 * 7.5 / 8.5)}  # fmt: skip
     assert s["conv"] == {"count": 2, "scored": 1, "unscored": 1, "reference": 8.0, "answer": 6.0, "relative": 75.0}
-    assert s["detail"] == {"count": 2, "scored": 2, "unscored": 0, "reference": 9.5, "answer": 5.5,
-                           "relative": pytest.approx(100 * 5.5 / 9.5)}  # fmt: skip
+    assert s["detail"] == {"count": 1, "scored": 1, "unscored": 0, "reference": 9.0, "answer": 9.0, "relative": 100.0}
     # what the judge was sent: the spec's model and sampling, the record's caption and reference, the answer
-    # (none for the row the job could not answer), the category's rule
+    # and the category's rule; nothing for the row the job could not answer
     by_question = {r["messages"][1]["content"].split("[Question]\n", 1)[1].split("\n\n", 1)[0]: r
                    for r in canned.requests}  # fmt: skip
-    assert sorted(by_question) == ["Q1", "Q2", "Q3", "Q4"]
+    assert sorted(by_question) == ["Q1", "Q2", "Q3"]
     first = by_question["Q1"]
     assert (first["model"], first["max_tokens"], first["temperature"]) == ("judge-1", 64, 0.0)
     content = first["messages"][1]["content"]
@@ -271,4 +270,13 @@ def test_review_scores_relative_to_the_reference(canned):
                               "[End of Assistant 1]\n\n[Assistant 2]\na labrador\n\n[End of Assistant 2]\n\n[System]\n")
     assert "in a conversation about an image" in content  # review_rules.json's conv rule
     assert "for a detailed description" in by_question["Q3"]["messages"][1]["content"]  # and its detail rule
-    assert "[Assistant 2]\n\n\n[End of Assistant 2]" in by_question["Q4"]["messages"][1]["content"]
+
+
+def test_unanswered_rows_score_wrong_and_empty_or_out_of_range_golds_are_missing():
+    rows = [row(1, "", "missing_image: a", answer="x"), row(2, "", "missing_image: b", answer=""),
+            row(3, "yes", answer="yes"), row(4, "", answer=[]), row(3, "no", answer="yes")]  # fmt: skip
+    metrics = score(rows, task("exact_match", category_field=None))
+    assert (metrics["scores"]["all"], metrics["missing_gold"]) == ({"accuracy": 0.5, "count": 2}, 2)
+    assert metrics["duplicate_ids"] == 1  # the second answer to question 3 is not scored
+    choices = [row(1, "A", answer=12, options=["a", "b"]), row(2, "B", answer=1, options=["a", "b"])]
+    assert score(choices, task("multiple_choice", category_field=None))["scores"]["all"]["accuracy"] == 0.5

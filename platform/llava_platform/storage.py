@@ -13,6 +13,7 @@ travels to Ray tasks small; each process opens its own filesystems.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -137,9 +138,11 @@ class Storage:
         prefix = folder.split("://", 1)[0] + "://" if is_uri(folder) else ""
         return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
 
-    def local_copy(self, folder: str, cache_root: str | os.PathLike) -> str:
+    def local_copy(self, folder: str, cache_root: str | os.PathLike, skip_suffixes: tuple[str, ...] = ()) -> str:
         """A local path holding `folder`: itself when local, else a copy under cache_root/<bucket>/<key>, made once
-        (a `.complete` marker, written last, says the copy is whole; a copy cut short is made again)."""
+        per node: the processes of a node (a Serve replica, batch actors) take turns on a lock file, the first
+        copies into a hidden folder renamed whole (its `.complete` marker inside), the others find it done.
+        `skip_suffixes`: files not copied (a driver that needs a checkpoint's processor, not its weights)."""
         if not is_uri(folder):
             return folder
         fs, inner = self.filesystem(folder)
@@ -147,18 +150,22 @@ class Storage:
         marker = os.path.join(local, ".complete")
         if os.path.exists(marker):
             return local
-        # copied beside it and renamed whole: processes of one node (a Serve replica, batch actors) may copy at once,
-        # and none must read a file another is still writing
-        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-        pafs.copy_files(inner, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        open(os.path.join(tmp, ".complete"), "w").close()
-        if os.path.isdir(local) and not os.path.exists(marker):
-            shutil.rmtree(local, ignore_errors=True)  # a folder without its marker: a copy made in place and cut short
-        try:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(f"{local}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process's closes
+            if os.path.exists(marker):
+                return local  # another process copied it while this one waited
+            tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+            os.makedirs(tmp)
+            for path in self.list_files(folder):
+                relative = self.filesystem(path)[1].removeprefix(inner.rstrip("/") + "/")
+                if not relative.endswith(skip_suffixes):  # () skips nothing
+                    os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+                    pafs.copy_files(self.filesystem(path)[1], os.path.join(tmp, relative), source_filesystem=fs,
+                                    destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+            open(os.path.join(tmp, ".complete"), "w").close()
+            shutil.rmtree(local, ignore_errors=True)  # a copy cut short (no marker), if any
             os.rename(tmp, local)
-        except OSError:  # another process renamed its whole copy there first
-            shutil.rmtree(tmp, ignore_errors=True)
         return local
 
     # ------------------------------------------------------------------ writing

@@ -11,8 +11,8 @@ Every stage yields QUESTION_SCHEMA rows, one or more per input entry; a question
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +117,8 @@ def questions_from_parquet(batch: pa.Table, columns: dict[str, str], prompt: str
     for question_id, text, data, fields in zip(ids, texts, images, extra):
         if question_id in done:
             continue
+        if isinstance(data, dict):  # Hugging Face datasets' Image feature: {bytes, path}
+            data = data.get("bytes")
         line = {**fields, "question_id": question_id, "text": prompt if text is None else text, "image": "<bytes>"}
         question = from_question_line(line, question_id, suffix)
         if question.error is None and not isinstance(data, (bytes, bytearray)):
@@ -135,7 +137,7 @@ def input_format(spec: BatchSpec, storage: Storage) -> str:
         return spec.format
     source = spec.input
     name = source.rstrip("/").rsplit("/", 1)[-1].lower()
-    if any(c in source for c in "*?[") or not name.endswith((".json", ".jsonl", ".parquet")):
+    if any(c in source for c in "*?") or not name.endswith((".json", ".jsonl", ".parquet")):
         return "images"
     if name.endswith(".parquet"):
         return "parquet"
@@ -151,18 +153,30 @@ def input_format(spec: BatchSpec, storage: Storage) -> str:
 
 
 def image_paths(source: str, storage: Storage) -> tuple[str, list[str]]:
-    """The images of a folder (recursively) or of a glob ("imgs/*.png", "s3://b/x/**.jpg"): the folder listed, and
+    """The images of a folder (recursively) or of a glob ("imgs/*.png", "s3://b/x/**/*.jpg"): the folder listed, and
     the images' paths relative to it, sorted (a question's id is its image's relative path)."""
-    wild = [source.index(c) for c in "*?[" if c in source]
+    wild = [source.index(c) for c in "*?" if c in source]
     folder = source[: min(wild)].rsplit("/", 1)[0] if wild else source.rstrip("/")
     files = storage.list_files(folder)
     root = storage.filesystem(folder)[1].rstrip("/") + "/"  # how the listing names the folder
-    inner = [storage.filesystem(f)[1] for f in files]
-    relative = [f.removeprefix(root) for f in inner]
+    relative = [storage.filesystem(f)[1].removeprefix(root) for f in files]
     if wild:
-        pattern = source.removeprefix(folder).lstrip("/")
-        relative = [r for r in relative if fnmatch.fnmatch(r, pattern)]
+        pattern = _glob_regex(source.removeprefix(folder).lstrip("/"))
+        relative = [r for r in relative if pattern.match(r)]
     return folder, [r for r in relative if r.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob as shells read it: * and ? within one folder name, **/ any folders (none included)."""
+    out, i = "", 0
+    while i < len(pattern):
+        for glob, regex in (("**/", "(?:.*/)?"), ("**", ".*"), ("*", "[^/]*"), ("?", "[^/]")):
+            if pattern.startswith(glob, i):
+                out, i = out + regex, i + len(glob)
+                break
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
 
 
 @dataclass

@@ -8,6 +8,8 @@ Streaming: Ray Data runs the stages at once with bounded queues between them, so
 encoding overlap the model and memory does not grow with the input. The driver holds the ids already
 written (a re-run skips them), one block of answers at a time and the tally.
 The summary (also <output>/summary.json): rows, errors by kind, rows/s, tokens/s, seconds to the first answer.
+One job at a time writes a local output (OutputLock), and a job adds only to answers of the same checkpoint,
+template, sampling and input (<output>/run.json, writer.check_same_run).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+
+from transformers import AutoConfig
 
 from llava_platform.batch.answers import written_ids
 from llava_platform.batch.inputs import open_input
@@ -25,7 +28,7 @@ from llava_platform.batch.predictor import BatchPredictor, model_id_of
 from llava_platform.batch.preprocess import QuestionEncoder, encode_questions
 from llava_platform.batch.progress import Progress, duration
 from llava_platform.batch.spec import BatchJobSpec
-from llava_platform.batch.writer import PartWriter, Tally, remove_unfinished_parts
+from llava_platform.batch.writer import OutputLock, PartWriter, Tally, check_same_run, remove_unfinished_parts
 from llava_platform.cluster import connect, quiet_ray_data
 from llava_platform.model.builder import build_processor_for, model_template
 from llava_platform.storage import CHECKPOINT_CACHE, Storage, is_uri
@@ -70,58 +73,58 @@ def absolute_batch_spec(spec: BatchJobSpec) -> BatchJobSpec:
                                    "model": spec.model.model_copy(update={"checkpoint": checkpoint})})  # fmt: skip
 
 
-def _processor_checkpoint(checkpoint: str, storage: Storage) -> str:
-    """Where the driver reads the processor and template: the checkpoint itself, or for a URI a local copy of its
-    small files only (the driver needs no weights)."""
-    if not is_uri(checkpoint):
-        return checkpoint
-    local = CHECKPOINT_CACHE / "processors" / storage.filesystem(checkpoint)[1].strip("/")
-    for path in storage.list_files(checkpoint):
-        relative = storage.filesystem(path)[1].removeprefix(storage.filesystem(checkpoint)[1].rstrip("/") + "/")
-        if not relative.endswith(WEIGHT_SUFFIXES) and not (local / relative).exists():
-            (local / relative).parent.mkdir(parents=True, exist_ok=True)
-            (local / relative).write_bytes(storage.read_bytes(path))
-    return str(local)
-
-
 def prompt_limit(spec: BatchJobSpec, checkpoint: str) -> int:
     """batch.max_prompt_tokens, else the LLM's context (max_position_embeddings) less sampling.max_new_tokens."""
     if spec.batch.max_prompt_tokens is not None:
         return spec.batch.max_prompt_tokens
-    config_file = Path(checkpoint) / "config.json"
-    if config_file.exists():
-        config = json.loads(config_file.read_text())
-        context = config.get("text_config", {}).get("max_position_embeddings")
-        if context:
-            return max(1, context - spec.sampling.max_new_tokens)
-    return 1 << 31  # an adapter checkpoint or a hub id: the model's own error would name the limit
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)  # a directory, or a hub id's config.json
+    except (OSError, ValueError):
+        return 1 << 31  # an adapter checkpoint (its base's config is elsewhere): no limit of ours
+    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    return max(1, context - spec.sampling.max_new_tokens) if context else 1 << 31
 
 
 def run_batch(spec: BatchJobSpec, log=print) -> BatchSummary:
-    import ray
-    import ray.data
-
     # Ray Data's notice that a stage got fewer blocks than its task limit: a small input's normal case, not a problem
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
     started = time.monotonic()
     spec = absolute_batch_spec(spec)
-    batch, storage = spec.batch, Storage(spec.storage)
+    storage = Storage(spec.storage)
     connect()
     quiet_ray_data()
 
+    with OutputLock(spec.batch.output):
+        return _run(spec, storage, started, log)
+
+
+def _identity(spec: BatchJobSpec, template: str) -> dict:
+    """What a job's answers depend on: a re-run must match it to add to them (writer.check_same_run)."""
+    batch = spec.batch
+    return {"checkpoint": spec.model.checkpoint, "template": template, "dtype": spec.model.dtype,
+            "quantization": spec.model.quantization, "sampling": spec.sampling.model_dump(mode="json"),
+            "input": batch.input, "format": batch.format, "image_folder": batch.image_folder, "prompt": batch.prompt,
+            "prompt_suffix": batch.prompt_suffix, "max_image_side": batch.max_image_side}  # fmt: skip
+
+
+def _run(spec: BatchJobSpec, storage: Storage, started: float, log) -> BatchSummary:
+    import ray
+    import ray.data
+
+    batch = spec.batch
+    local = storage.local_copy(spec.model.checkpoint, CHECKPOINT_CACHE / "processors", skip_suffixes=WEIGHT_SUFFIXES)
+    model = spec.model.model_copy(update={"checkpoint": local})
+    processor = build_processor_for(model)
+    template = model_template(model)
+    check_same_run(batch.output, storage, _identity(spec, template))
     removed = remove_unfinished_parts(batch.output, storage)
     written = written_ids(batch.output, storage)
     log(f"[batch] output {batch.output}: {len(written)} rows already written"
         + (f", {removed} unfinished parts of a stopped run removed" if removed else ""))  # fmt: skip
-
-    local = _processor_checkpoint(spec.model.checkpoint, storage)
-    model = spec.model.model_copy(update={"checkpoint": local})
-    processor = build_processor_for(model)
-    template = model_template(model)
     tasks = dict(compute=ray.data.TaskPoolStrategy(size=batch.preprocess_workers), num_cpus=batch.preprocess_cpus)
     source = open_input(batch, storage, batch.cache_dir or Storage.join(batch.output, ".cache"), ray.put(written), log)
     encoder = QuestionEncoder(ray.put(processor), template, source.image_folder, storage, batch.max_image_pixels,
-                              prompt_limit(spec, local))  # fmt: skip
+                              prompt_limit(spec, local), batch.max_image_side)  # fmt: skip
     log(f"[batch] input {batch.input}: {source.format}, {source.entries} entries; template {template}")
 
     gpu = batch.gpus_per_actor > 0

@@ -19,7 +19,7 @@ from llava_platform.batch.answers import ANSWER_SCHEMA, answer_row
 from llava_platform.batch.preprocess import decode_inputs
 from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, SamplingSpec, StorageSpec
-from llava_platform.inference.engine import GenerationRequest, InferenceEngine
+from llava_platform.inference.engine import GenerationRequest, GenerationResult, InferenceEngine
 from llava_platform.model.builder import load_checkpoint
 from llava_platform.storage import CHECKPOINT_CACHE, Storage
 
@@ -50,7 +50,27 @@ class BatchPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         asked = [i for i, row in enumerate(rows) if row["error"] is None]
-        requests = [GenerationRequest([], encoded=decode_inputs(rows[i]["inputs"])) for i in asked]
-        results = dict(zip(asked, self.engine.generate(requests, self.sampling))) if requests else {}
+        results = dict(zip(asked, self._generate([rows[i] for i in asked])))
         return pa.Table.from_pylist([answer_row(row, results.get(i), self.model_id) for i, row in enumerate(rows)],
                                     schema=ANSWER_SCHEMA)  # fmt: skip
+
+    def _generate(self, asked: list[dict]) -> list[GenerationResult | None]:
+        """One generate call for the asked rows. If it fails (a GPU out of memory on a batch of long prompts), each row
+        alone; a row that fails alone gets a generation_failed error (set on it) instead of failing the job."""
+        if not asked:
+            return []
+        requests = [GenerationRequest([], encoded=decode_inputs(row["inputs"])) for row in asked]
+        try:
+            return self.engine.generate(requests, self.sampling)
+        except (RuntimeError, ValueError) as e:  # torch's OutOfMemoryError is a RuntimeError
+            if len(asked) == 1:
+                _free_accelerator_memory()
+                asked[0]["error"] = f"generation_failed: {type(e).__name__}: {str(e)[:300]}"
+                return [None]
+        _free_accelerator_memory()
+        return [self._generate([row])[0] for row in asked]
+
+
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

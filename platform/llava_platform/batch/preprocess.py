@@ -50,6 +50,7 @@ class QuestionEncoder:
     storage: Storage
     max_image_pixels: int
     max_prompt_tokens: int
+    max_image_side: int = 4096
 
     def parts(self) -> tuple[ProcessorMixin, ConversationTemplate]:
         key = (id(self.processor) if isinstance(self.processor, ProcessorMixin) else self.processor.hex(), self.template)
@@ -63,10 +64,14 @@ class QuestionEncoder:
             _BUILT[key] = (processor, get_template(self.template))
         return _BUILT[key]
 
-    def read_image(self, path: str | None, data: bytes | None):
+    def read_image(self, path: str | None, data: bytes | None) -> Image.Image:
         if data is not None:
-            return load_image(data, self.max_image_pixels, name=path)
-        return load_image_at(Storage.join(self.image_folder, path), self.storage, self.max_image_pixels)
+            image = load_image(data, self.max_image_pixels, name=path)
+        else:
+            image = load_image_at(Storage.join(self.image_folder, path), self.storage, self.max_image_pixels)
+        if max(image.size) > self.max_image_side:
+            image.thumbnail((self.max_image_side, self.max_image_side))  # in place, aspect kept
+        return image
 
     def prepare(self, row: dict[str, Any]) -> tuple[list[Message], list[Image.Image]] | str:
         """A row's conversation and decoded images, or its error."""

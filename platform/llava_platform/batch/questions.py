@@ -42,7 +42,7 @@ def from_question_line(raw: Any, label: str, suffix: str | None = None) -> Quest
     theirs: only a task spec that says so adds one). `label` ("line 12") names a line without a question_id."""
     if not isinstance(raw, dict):
         return _refused(label, f"bad_record: expected an object, got {type(raw).__name__}")
-    question_id = str(raw.get("question_id", label))
+    question_id = label if raw.get("question_id") is None else str(raw["question_id"])
     metadata = {k: v for k, v in raw.items() if k not in ("question_id", "image", "text")}
     text, image = raw.get("text"), raw.get("image")
     if not isinstance(text, str):

@@ -46,8 +46,12 @@ class BatchSpec(StrictModel):
         None, description="appended to every question of a question file or Parquet input (LLaVA-1.5's question "
         "files already carry theirs: set it only when the task says so)"
     )
-    id_column: str = Field("question_id", description="parquet: the column naming each row (default: its row number)")
-    image_column: str = Field("image", description="parquet: the column of encoded image bytes (PNG, JPEG ...)")
+    id_column: str = Field("question_id", description="parquet: the column naming each row (required: a re-run skips rows "
+                           "by it)")
+    image_column: str = Field(
+        "image", description="parquet: the column of encoded image bytes (PNG, JPEG ...), or of {bytes, path} structs "
+        "as Hugging Face datasets write them"
+    )
     text_column: str = Field("text", description="parquet: the column of questions (absent: `prompt` for every row)")
     output: str = Field(description="folder or URI prefix the answers are written under (part files; re-running resumes)")
     output_format: Literal["jsonl", "parquet"] = Field(
@@ -58,10 +62,17 @@ class BatchSpec(StrictModel):
     actors: int = Field(1, gt=0, description="model actors (each holds one copy of the model)")
     cpus_per_actor: float = Field(1.0, gt=0, description="logical CPUs each model actor reserves (its torch threads on CPU)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each model actor reserves (0: the model runs on CPU)")
-    preprocess_workers: int = Field(2, gt=0, description="most Ray Data tasks reading, decoding and encoding at once")
+    preprocess_workers: int = Field(
+        2, gt=0, description="most Ray Data tasks at once in each CPU stage (reading questions; decoding images and "
+        "encoding prompts), so up to twice this many run"
+    )
     preprocess_cpus: float = Field(1.0, gt=0, description="logical CPUs each preprocessing task reserves")
     max_image_pixels: int = Field(
         89_478_485, gt=0, description="images with more pixels are answered with an error row (decompression bombs)"
+    )
+    max_image_side: int = Field(
+        4096, gt=0, description="images with a longer side are scaled down to it, aspect kept, before the processor "
+        "(pad mode pads to a square: a 60000 x 2 image would become 60000 x 60000)"
     )
     max_prompt_tokens: int | None = Field(
         None, gt=0, description="prompts longer than this (images expanded) get a too_long error row; default: the "

@@ -12,6 +12,7 @@ complete). So a job killed at any moment leaves only whole parts, each row once:
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from llava_platform.storage import Storage, is_uri
 
-__all__ = ["PartWriter", "Tally", "remove_unfinished_parts"]
+__all__ = ["PartWriter", "Tally", "remove_unfinished_parts", "OutputLock", "check_same_run"]
 
 
 @dataclass
@@ -113,3 +114,51 @@ def remove_unfinished_parts(folder: str, storage: Storage) -> int:
     for name in unfinished:
         os.remove(os.path.join(folder, name))
     return len(unfinished)
+
+
+class OutputLock:
+    """One job at a time writes a local output folder (`with OutputLock(folder):`): a second one would answer the same
+    questions again and delete the first one's unfinished part. An flock on <folder>/.lock, released when the job's
+    process ends however it ends. Object stores have no such lock: give concurrent jobs different outputs there."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.file = None
+
+    def __enter__(self) -> OutputLock:
+        if not is_uri(self.folder):
+            os.makedirs(self.folder, exist_ok=True)
+            self.file = open(os.path.join(self.folder, ".lock"), "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "another process"
+                self.file.close()
+                raise ValueError(f"batch.output {self.folder}: another batch job ({holder}) is writing there; wait for "
+                                 "it, stop it, or give this one another batch.output") from None  # fmt: skip
+            self.file.truncate(0)
+            self.file.write(f"pid {os.getpid()}")
+            self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the flock
+
+
+def check_same_run(folder: str, storage: Storage, identity: dict) -> None:
+    """<folder>/run.json records what the answers there come from (checkpoint, template, sampling, input ...); a job
+    whose own differs may not add to them (its answers would be scored as the first's), so it stops naming the
+    difference. The first run writes the file."""
+    path = Storage.join(folder, "run.json")
+    if storage.exists(path):
+        recorded = json.loads(storage.read_bytes(path))
+        changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now" for k in changed)
+            raise ValueError(f"batch.output {folder} holds answers of another job ({details}); give this job another "
+                             "batch.output, or delete that folder to start over")  # fmt: skip
+    else:
+        storage.write_bytes(path, json.dumps(identity, indent=1, sort_keys=True).encode())
+

@@ -6,8 +6,8 @@
 
 The gold answer of a row is its question's `task.answer_field` (kept in the answer's metadata), or the
 task's annotations file's. A row the job could not answer (its `error`) scores as wrong and is counted
-under "errors" (POPE reads it as the opposite of its label); a row with no gold is left out and counted
-under "missing_gold".
+under "errors" (POPE reads it as the opposite of its label; a review does not send it to the judge); a row
+with no gold (absent, "" or []) is left out and counted under "missing_gold".
 """
 
 from __future__ import annotations
@@ -60,10 +60,16 @@ class Scored:
         self.rows: list[dict[str, Any]] = []
         self.errors: Counter = Counter()
         self.missing_gold = 0
+        self.duplicates = 0  # rows of a question id already scored (an input that repeats an id): not scored twice
+        seen: set[str] = set()
         for row in rows:
+            if str(row["question_id"]) in seen:
+                self.duplicates += 1
+                continue
+            seen.add(str(row["question_id"]))
             metadata = row["metadata"] if isinstance(row["metadata"], dict) else json.loads(row["metadata"])
             gold = annotations.get(str(row["question_id"])) if annotations is not None else metadata.get(task.answer_field)
-            if gold is None and task.metric != "review":
+            if gold in (None, "", []) and task.metric != "review":
                 self.missing_gold += 1
                 continue
             if row["error"] is not None:
@@ -88,7 +94,9 @@ def _golds(gold: Any) -> list[str]:
 
 def _letter_of(gold: Any) -> str:
     """A multiple-choice gold: a letter ("B"), or an option index (1 -> "B", ScienceQA's "answer")."""
-    return OPTION_LETTERS[gold] if isinstance(gold, int) else str(gold).strip().upper()
+    if isinstance(gold, int) and not isinstance(gold, bool):
+        return OPTION_LETTERS[gold] if 0 <= gold < len(OPTION_LETTERS) else ""  # "": no letter equals it
+    return str(gold).strip().upper()
 
 
 def _mean_by_category(scores: list[float], scored: Scored, name: str) -> dict[str, dict[str, float]]:
@@ -129,7 +137,8 @@ def _review(scored: Scored, task: TaskSpec, client) -> tuple[dict[str, dict[str,
     """The judge's summary per category, and its every reply (question_id, category, reply, scores, error)."""
     judge = task.judge
     items = [ReviewItem(r["id"], r["category"], r["prompt"], str(r["metadata"].get(judge.context_field, "")),
-                        str(r["metadata"].get(judge.reference_field, "")), r["text"]) for r in scored.rows]  # fmt: skip
+                        str(r["metadata"].get(judge.reference_field, "")), r["text"])
+             for r in scored.rows if r["error"] is None]  # rows never answered are not judged: they are under "errors"
     report = review(items, client, judge.model, load_rules(judge.rules), max_tokens=judge.max_tokens,
                     temperature=judge.temperature, concurrency=judge.concurrency)  # fmt: skip
     return report.summary(), [asdict(record) for record in report.records]
@@ -141,10 +150,12 @@ def score(rows: Iterable[dict[str, Any]], task: TaskSpec, annotations: dict[str,
     scored = Scored(rows, task, annotations)
     extra: dict[str, Any] = {}
     if task.metric == "exact_match":
-        values = [float(any(exact_match(r["text"], g) for g in _golds(r["gold"]))) for r in scored.rows]
+        values = [float(r["error"] is None and any(exact_match(r["text"], g) for g in _golds(r["gold"])))
+                  for r in scored.rows]  # fmt: skip
         scores = _mean_by_category(values, scored, "accuracy")
     elif task.metric == "vqa_accuracy":
-        scores = _mean_by_category([vqa_accuracy(r["text"], _golds(r["gold"])) for r in scored.rows], scored, "accuracy")
+        values = [vqa_accuracy(r["text"], _golds(r["gold"])) if r["error"] is None else 0.0 for r in scored.rows]
+        scores = _mean_by_category(values, scored, "accuracy")
     elif task.metric == "pope":
         scores = _pope(scored)
     elif task.metric in ("multiple_choice", "circular"):
@@ -158,4 +169,4 @@ def score(rows: Iterable[dict[str, Any]], task: TaskSpec, annotations: dict[str,
     else:
         scores, extra["judged"] = _review(scored, task, judge_client)
     return {"task": task.name, "metric": task.metric, "rows": len(scored.rows), "errors": dict(scored.errors),
-            "missing_gold": scored.missing_gold, "scores": scores, **extra}  # fmt: skip
+            "missing_gold": scored.missing_gold, "duplicate_ids": scored.duplicates, "scores": scores, **extra}  # fmt: skip
