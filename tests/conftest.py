@@ -36,6 +36,24 @@ def run_job(module: str, *args: str, stdin: str | None = None, timeout: int = 30
     )  # fmt: skip
 
 
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def ray_job_submit(cluster, job_id: str, command: list[str], *flags: str):
+    """`ray job submit --working-dir <repo> -- <command>` to the cluster, as a user submits a job."""
+    import subprocess
+    import time
+
+    for _ in range(3):  # a loaded head may not have its job agent up yet ("try again later"): as a user would
+        submit = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, *flags,
+                                 "--working-dir", str(REPO), "--", *command],
+                                env=ray_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+        if "No available agent to submit job" not in submit.stderr:
+            break
+        time.sleep(20)
+    return submit
+
+
 def plain_tokenizer():
     """A byte-level tokenizer with no <image> and no pad token, as a hub LLM's would be."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

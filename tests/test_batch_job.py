@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, ray_env, run_job
+from conftest import REPO, ray_env, ray_job_submit, run_job
 from llava_platform.batch.answers import read_answers
 from llava_platform.batch.job import run_batch
 from llava_platform.batch.spec import BatchJobSpec
@@ -101,9 +101,12 @@ def batch_infer(ray_cluster, *overrides: str, env: dict | None = None):
 
 
 def test_bad_rows_are_written_with_their_error_and_good_answers_equal_the_engines(ray_cluster, scenes, expected, tmp_path):
+    """`ray job submit` of the shipped tiny spec (the cluster's python, in the uploaded working dir)."""
     paths, planted = scenes
-    done = batch_infer(ray_cluster, f"batch.input={planted}", f"batch.image_folder={paths.image_folder}",
-                       f"batch.output={tmp_path / 'out'}", "batch.rows_per_part=20")  # fmt: skip
+    command = ["python", "-m", "jobs.batch_infer", "--config", "jobs/configs/tiny_batch.yaml", f"batch.input={planted}",
+               f"batch.image_folder={paths.image_folder}", f"batch.output={tmp_path / 'out'}", "batch.rows_per_part=20"]
+    done = ray_job_submit(ray_cluster, f"llava-batch-{int(time.time())}", command)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     rows = answers_in(tmp_path / "out")
     assert len(rows) == 53 and len({r["question_id"] for r in rows}) == 53  # one row per input line
     by_id = {r["question_id"]: r for r in rows}

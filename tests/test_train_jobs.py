@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import REPO, RayCluster, ray_env
+from conftest import RAY, REPO, RayCluster, ray_env, ray_job_submit
 from llava_platform.config import SamplingSpec, TrainJobSpec, load
 from llava_platform.data.images import load_image
 from llava_platform.data.records import read_records
@@ -349,23 +349,9 @@ def assert_adapter_checkpoint_and_merged_final(run: Run, data, quantization: str
 # --------------------------------------------------------------------------- ray job submit / stop, bad data
 
 
-RAY = str(Path(sys.executable).parent / "ray")
-
-
 def submitted_command(checkpoint: Path, data, root: Path, name: str, *overrides: str) -> list[str]:
     """The tiny finetune as `ray job submit` runs it: the cluster's python, in the uploaded working dir."""
     return ["python", *train_args("finetune", checkpoint, data, root, name, *overrides)[1:]]
-
-
-def ray_job_submit(cluster, job_id: str, command: list[str], *flags: str) -> subprocess.CompletedProcess:
-    for _ in range(3):  # a loaded head may not have its job agent up yet ("try again later"): as a user would
-        submit = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, *flags,
-                                 "--working-dir", str(REPO), "--", *command],
-                                env=ray_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
-        if "No available agent to submit job" not in submit.stderr:
-            break
-        time.sleep(20)
-    return submit
 
 
 def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster, tiny_checkpoint, data, tmp_path):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
+
 __all__ = ["SYSTEM_PROMPT", "ReviewItem", "Rule", "ReviewRecord", "ReviewReport", "load_rules", "judge_messages",
            "parse_scores", "review"]  # fmt: skip
 
@@ -120,8 +122,6 @@ def review(items: Sequence[ReviewItem], client: Any, model: str, rules: dict[str
            temperature: float = 0.2, concurrency: int = 4) -> ReviewReport:  # fmt: skip
     """Ask the judge (`client`: an openai.OpenAI) once per item, `concurrency` requests at a time. A request that
     raises openai.APIError is recorded unscored with its error; the review goes on."""
-    import openai  # the dev/eval extra's client; the library imports without it
-
     if concurrency < 1:
         raise ValueError(f"concurrency is {concurrency}; it must be at least 1")
     messages = [judge_messages(item, rules) for item in items]  # a missing rule fails here, before any request
