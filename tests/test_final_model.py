@@ -163,3 +163,22 @@ def test_merged_final_answers_as_the_lora_run(lora):
     final = export_final(checkpoint, spec)
     assert not (final / PROVENANCE_FILE).exists() and not (final / ADAPTER_CONFIG).exists()
     assert max_diff(logits(load_checkpoint(final).model, inputs), trained) < 1e-4
+
+
+def test_a_final_model_for_an_object_store_is_uploaded_whole_and_loads_from_there(lora, s3_server, tmp_path):
+    """train.output_dir=s3://...: final/ is made locally, then uploaded; what Serve and batch copy back answers as
+    the run (the merged model, provenance included)."""
+    from llava_platform.config import StorageSpec
+    from llava_platform.storage import Storage
+
+    spec, checkpoint, _, inputs, trained = lora
+    uri = f"s3://{s3_server.BUCKET}/final-upload/run"
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"merge_lora": True, "output_dir": uri}),
+                                   "storage": StorageSpec(endpoint_url=s3_server.endpoint)})  # fmt: skip
+    final = export_final(checkpoint, spec, provenance=PROVENANCE)
+    assert final == f"{uri}/final"
+    names = [path.rsplit("/", 1)[-1] for path in s3_server.storage.list_files(final)]
+    assert {"config.json", "model.safetensors", "llava_platform.yaml", PROVENANCE_FILE} <= set(names)
+    local = Path(Storage(spec.storage).local_copy(final, tmp_path / "cache"))
+    assert json.loads((local / PROVENANCE_FILE).read_text()) == PROVENANCE
+    assert max_diff(logits(load_checkpoint(local).model, inputs), trained) < 1e-4

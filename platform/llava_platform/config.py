@@ -209,7 +209,8 @@ class TrainSpec(StrictModel):
     """One training stage: what trains, the optimizer, the schedule, the batch, checkpoints."""
 
     stage: Literal["pretrain", "finetune"] = Field(description="pretrain: projector only; finetune: projector + LLM")
-    output_dir: str = Field(description="where final/ (a complete HF checkpoint) is written at the end")
+    output_dir: str = Field(description="where final/ (a complete HF checkpoint) is written at the end: a local path, "
+                            "or a URI (s3://, gs://) final/ is uploaded to")
     train_llm: bool | None = Field(
         None, description="train the LLM (default: no in pretrain, yes in finetune); a random-init LLM (tiny) trains in both"
     )

@@ -181,6 +181,19 @@ class Storage:
         with self.open_output(path) as f:
             f.write(data)
 
+    def upload_folder(self, local: str | os.PathLike, uri: str) -> str:
+        """Every file under the local folder to `uri`/..., replacing what is there; returns `uri`. Files go one by one
+        (an object store has no folder to rename into place), llava_platform.yaml and provenance.json last: a
+        checkpoint folder holding its llava_platform.yaml was uploaded whole."""
+        files = sorted((p for p in Path(local).rglob("*") if p.is_file()),
+                       key=lambda p: (p.name in ("llava_platform.yaml", "provenance.json"), str(p)))  # fmt: skip
+        self.delete_dir(uri)
+        for path in files:
+            with open(path, "rb") as f, self.open_output(self.join(uri, path.relative_to(local).as_posix())) as out:
+                while chunk := f.read(64 << 20):
+                    out.write(chunk)
+        return uri
+
     def delete_dir(self, path: str) -> None:
         """Remove a folder and everything under it (nothing there: nothing to do)."""
         fs, inner = self.filesystem(path)

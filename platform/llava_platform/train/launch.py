@@ -44,7 +44,8 @@ __all__ = ["TrainingResult", "run_training", "check_data", "connect_ray", "absol
 
 @dataclass
 class TrainingResult:
-    final: Path  # <output_dir>/final: a complete HF checkpoint (or adapters, with merge_lora: false)
+    final: Path | str  # <output_dir>/final: a complete HF checkpoint (or adapters, with merge_lora: false); a URI
+    # when train.output_dir is one
     checkpoint: str  # the run's last Ray Train checkpoint (path or URI)
     metrics: dict  # the last step's metrics, as rank 0 reported them
     seconds: float  # trainer.fit() wall time
@@ -75,7 +76,7 @@ def absolute_spec(spec: TrainJobSpec) -> TrainJobSpec:
         "model": model,
         "data": spec.data.model_copy(update={"path": _local(spec.data.path), "image_folder": _local(spec.data.image_folder),
                                              "cache_dir": _absolute_path(spec.data.cache_dir or Storage.join(storage, "data_cache"))}),
-        "train": spec.train.model_copy(update={"output_dir": os.path.abspath(spec.train.output_dir),
+        "train": spec.train.model_copy(update={"output_dir": _absolute_path(spec.train.output_dir),
                                                "deepspeed_config": _local(spec.train.deepspeed_config)}),
         "run": spec.run.model_copy(update={"storage_path": storage}),
     })  # fmt: skip
