@@ -22,7 +22,8 @@ from llava_platform.model import ModelBundle, build_model, load_checkpoint, save
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import ADAPTER_CONFIG, TRAINED_BASE_FILE, apply_lora, load_adapter_weights, merge_lora
 from llava_platform.train.final import PROVENANCE_FILE, export_final
-from llava_platform.train.setup import RESOLVED_FIELDS
+from llava_platform.model.builder import build_processor_for
+from llava_platform.train.setup import RESOLVED_FIELDS, local_model_source, training_template
 from llava_platform.train.state import MODEL_DIR
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -182,3 +183,9 @@ def test_a_final_model_for_an_object_store_is_uploaded_whole_and_loads_from_ther
     local = Path(Storage(spec.storage).local_copy(final, tmp_path / "cache"))
     assert json.loads((local / PROVENANCE_FILE).read_text()) == PROVENANCE
     assert max_diff(logits(load_checkpoint(local).model, inputs), trained) < 1e-4
+    # a stage-2 spec naming it: each node trains from its own copy; the driver's data check copies no weights
+    stage2 = spec.model_copy(update={"model": ModelSpec(checkpoint=final)})
+    on_node, for_driver = local_model_source(stage2), local_model_source(stage2, weights=False)
+    assert max_diff(logits(load_checkpoint(on_node.model.checkpoint).model, inputs), trained) < 1e-4
+    assert not list(Path(for_driver.model.checkpoint).glob("*.safetensors"))
+    assert build_processor_for(for_driver.model) is not None and training_template(for_driver) == "mistral_instruct"

@@ -90,7 +90,10 @@ class ModelSpec(StrictModel):
 
     preset: str | None = Field(None, description="named preset: tiny, llava-1.5-7b, llava-1.5-13b, llava-next-7b, ...")
     components: ComponentsSpec | None = Field(None, description="build from a vision tower + LLM + new projector")
-    checkpoint: str | None = Field(None, description="HF-format LLaVA / LLaVA-NeXT checkpoint: directory or hub id")
+    checkpoint: str | None = Field(
+        None, description="HF-format LLaVA / LLaVA-NeXT checkpoint: directory, hub id, or an s3:// / gs:// URI (training "
+        "and batch jobs copy it to each node; storage.* reaches it)"
+    )
     original_checkpoint: str | None = Field(
         None, description="original-LLaVA checkpoint directory (mm_* config, model.mm_projector.* keys) to convert"
     )

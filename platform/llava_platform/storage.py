@@ -25,10 +25,11 @@ import pyarrow.fs as pafs
 
 from llava_platform.config import StorageSpec
 
-__all__ = ["FileStamp", "Storage", "is_uri", "CHECKPOINT_CACHE"]
+__all__ = ["FileStamp", "Storage", "is_uri", "CHECKPOINT_CACHE", "WEIGHT_SUFFIXES"]
 
 # where a checkpoint named by URI is copied on each node (Serve replicas, batch actors); LLAVA_CHECKPOINT_CACHE moves it
 CHECKPOINT_CACHE = Path(os.environ.get("LLAVA_CHECKPOINT_CACHE", Path.home() / ".cache" / "llava_platform" / "checkpoints"))
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # what a copy for a processor alone leaves out
 
 
 def is_uri(path: str) -> bool:

@@ -31,11 +31,9 @@ from llava_platform.batch.spec import BatchJobSpec
 from llava_platform.batch.writer import OutputLock, PartWriter, Tally, check_same_run, remove_unfinished_parts
 from llava_platform.cluster import connect, quiet_ray_data
 from llava_platform.model.builder import build_processor_for, model_template
-from llava_platform.storage import CHECKPOINT_CACHE, Storage, is_uri
+from llava_platform.storage import CHECKPOINT_CACHE, WEIGHT_SUFFIXES, Storage, is_uri
 
 __all__ = ["BatchSummary", "run_batch", "absolute_batch_spec", "prompt_limit"]
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from llava_platform.train.final import export_final
 from llava_platform.train.loggers import metric_loggers
 from llava_platform.train.plan import DataPlan
 from llava_platform.train.preflight import check_preprocessing_room, code_version
-from llava_platform.train.setup import training_template
+from llava_platform.train.setup import local_model_source, training_template
 from llava_platform.train.worker import ENCODED_DATASET, train_worker
 
 __all__ = ["TrainingResult", "run_training", "check_data", "connect_ray", "absolute_spec", "main"]
@@ -117,6 +117,7 @@ def connect_ray() -> None:
 def check_data(spec: TrainJobSpec) -> tuple[CheckedData, EncoderConfig, ProcessorMixin]:
     """The job's data check (cached under data.cache_dir), its report printed; the encoder config the workers
     use and the processor. `spec` has absolute paths (absolute_spec)."""
+    spec = local_model_source(spec, weights=False)
     processor = build_processor_for(spec.model)
     template = training_template(spec)
     encoder = EncoderConfig.for_data(spec.data, processor, template, Storage(spec.storage)).shared()  # one copy in the object store

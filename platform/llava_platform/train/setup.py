@@ -20,12 +20,13 @@ from llava_platform.model.builder import build_model, model_template
 from llava_platform.model.bundle import DTYPES, ModelBundle
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import apply_lora, load_adapter_weights
+from llava_platform.storage import CHECKPOINT_CACHE, WEIGHT_SUFFIXES, Storage, is_uri
 from llava_platform.train.loop import build_optimizer
 from llava_platform.train.plan import DataPlan
 from llava_platform.train.state import MODEL_DIR, read_trainer_state
 from llava_platform.train.strategy import StepRunner, make_runner
 
-__all__ = ["TrainingSetup", "build_training", "compile_layers", "training_template"]
+__all__ = ["TrainingSetup", "build_training", "compile_layers", "training_template", "local_model_source"]
 
 RESOLVED_FIELDS = ("template", "image_mode", "image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy")
 
@@ -66,7 +67,19 @@ def compile_layers(model: torch.nn.Module) -> None:
             layer.compile()
 
 
+def local_model_source(spec: TrainJobSpec, weights: bool = True) -> TrainJobSpec:
+    """The spec with a model.checkpoint on an object store (s3://, gs://: stage 1's final/ for stage 2) replaced by
+    this node's copy of it (Storage.local_copy, once per node); `weights=False`: its processor and spec files only
+    (the driver's data check)."""
+    if spec.model.checkpoint is None or not is_uri(spec.model.checkpoint):
+        return spec
+    cache, skip = (CHECKPOINT_CACHE, ()) if weights else (CHECKPOINT_CACHE / "processors", WEIGHT_SUFFIXES)
+    local = Storage(spec.storage).local_copy(spec.model.checkpoint, cache, skip_suffixes=skip)
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": local})})
+
+
 def build_training(spec: TrainJobSpec, plan: DataPlan, device: torch.device, resume: Path | None = None) -> TrainingSetup:
+    spec = local_model_source(spec)
     model_spec = spec.model.model_copy(update={"lora": None, "dtype": _load_weights_dtype(spec), "template": _answer_template(spec)})
     full_restore = resume is not None and spec.train.strategy == "ddp" and spec.model.lora is None
     if full_restore:  # the checkpoint's weights are the model (DeepSpeed restores its own module state below)
