@@ -104,9 +104,11 @@ def deploy(config: dict[str, Any]) -> None:
 
 def run_pipeline(spec: PipelineSpec, log=print) -> dict[str, Any]:
     """Runs (or resumes) the four steps; returns {final, metrics, served}; PipelineFailed below the threshold."""
+    from llava_platform.cluster import connect
     from llava_platform.eval.job import run_evaluation
     from llava_platform.eval.spec import EvalJobSpec
 
+    ray_of_its_own = connect().address == "local"  # no cluster to join: the served model ends with this job
     first = _stage(spec.pretrain, "pretrain", [], log)
     final = _stage(spec.finetune, "finetune", [f"model.checkpoint={first}"], log)
     log(f"[pipeline] evaluate: {spec.evaluate.config} on {final}")
@@ -122,4 +124,7 @@ def run_pipeline(spec: PipelineSpec, log=print) -> dict[str, Any]:
     deploy(config)
     name = config["applications"][0]["args"]["models"][0]["name"]
     log(f"[pipeline] served: {final} as model {name!r} ({spec.evaluate.metric} {score:.4g} >= {spec.evaluate.threshold})")
+    if ray_of_its_own:
+        log("[pipeline] this job started its own Ray, and Serve stops with it: run `ray start --head` first (or submit "
+            "to a cluster) to keep the model served")
     return {"final": final, "metrics": metrics, "served": name}
