@@ -7,6 +7,7 @@ import yaml
 
 from conftest import REPO
 from llava_platform.batch.spec import BatchJobSpec
+from llava_platform.pipeline import PipelineSpec
 from llava_platform.config import (
     BuildSpec,
     ConfigError,
@@ -101,6 +102,7 @@ SPEC_KINDS = {
     frozenset({"model", "data", "train", "scaling", "run"}): TrainJobSpec,
     frozenset({"model", "batch", "sampling"}): BatchJobSpec,
     frozenset({"model", "batch", "sampling", "storage"}): BatchJobSpec,
+    frozenset({"pretrain", "finetune", "evaluate", "serve"}): PipelineSpec,
 }
 
 

@@ -24,6 +24,7 @@ from pydantic_core import PydanticUndefined
 from llava_platform.batch.spec import BatchJobSpec
 from llava_platform.config import StrictModel, TrainJobSpec
 from llava_platform.eval.spec import EvalJobSpec
+from llava_platform.pipeline import PipelineSpec
 from llava_platform.serve.spec import ServeAppSpec
 
 __all__ = ["DOCUMENTED", "render", "undocumented_fields"]
@@ -34,12 +35,13 @@ DOCUMENTED: list[tuple[type[StrictModel], str, tuple[str, ...]]] = [
     (ServeAppSpec, "Serve app `args` (serve_apps/*.yaml, `import_path: llava_platform.serve.app:build_app`)", ()),
     (BatchJobSpec, "Batch job specs: `jobs.batch_infer` (jobs/configs/*_batch.yaml)", ("model", "storage")),
     (EvalJobSpec, "Evaluation specs: `jobs.evaluate` (jobs/configs/eval/*.yaml)", ("model", "storage", "batch", "sampling")),
+    (PipelineSpec, "Pipeline specs: `jobs.pipeline` (jobs/configs/*_pipeline.yaml)", ()),
 ]
 
 HEADER = """# Configuration reference
 
-Generated from the field descriptions in `platform/llava_platform/config.py`, `serve/spec.py`, `batch/spec.py`
-and `eval/spec.py` by
+Generated from the field descriptions in `platform/llava_platform/config.py`, `serve/spec.py`, `batch/spec.py`,
+`eval/spec.py` and `pipeline.py` by
 `python -m llava_platform.config_reference --out docs/configuration.md`; do not edit by hand.
 
 Every key is typed; an unknown key, a wrong type or a missing required key stops the job before it
