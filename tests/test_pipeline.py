@@ -75,3 +75,22 @@ def test_the_pipeline_serves_only_a_model_that_passes_and_resumes_every_step(ray
     [expected] = engine.generate([GenerationRequest([Message("user", "<image>\nWhat color is the circle?")],
                                                     [load_image(image)])], SamplingSpec(max_new_tokens=8))  # fmt: skip
     assert reply.choices[0].message.content == expected.text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*_pipeline.yaml")), ids=lambda p: p.name)
+def test_every_step_of_a_shipped_pipeline_is_a_valid_spec(path):
+    """What each step will load, loaded now: the stages' and the evaluation's specs with their overrides (and the
+    model the pipeline sets), the Serve config's args."""
+    from llava_platform.config import TrainJobSpec, load
+    from llava_platform.eval.spec import EvalJobSpec
+    from llava_platform.pipeline import PipelineSpec
+    from llava_platform.serve.spec import parse_app_args
+
+    spec = load(path, PipelineSpec)
+    load(REPO / spec.pretrain.config, TrainJobSpec, spec.pretrain.overrides)
+    stage2 = load(REPO / spec.finetune.config, TrainJobSpec, [*spec.finetune.overrides, "model.checkpoint=s3://b/final"])
+    assert stage2.train.stage == "finetune" and stage2.model.checkpoint == "s3://b/final"
+    evaluation = load(REPO / spec.evaluate.config, EvalJobSpec, [*spec.evaluate.overrides, "model.checkpoint=x"])
+    assert spec.evaluate.metric in {"accuracy", "f1", "relative", "circular_accuracy"} and evaluation.task.name
+    serve = yaml.safe_load((REPO / spec.serve.config).read_text())
+    assert parse_app_args(serve["applications"][0]["args"]).models
