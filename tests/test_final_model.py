@@ -189,3 +189,17 @@ def test_a_final_model_for_an_object_store_is_uploaded_whole_and_loads_from_ther
     assert max_diff(logits(load_checkpoint(on_node.model.checkpoint).model, inputs), trained) < 1e-4
     assert not list(Path(for_driver.model.checkpoint).glob("*.safetensors"))
     assert build_processor_for(for_driver.model) is not None and training_template(for_driver) == "mistral_instruct"
+
+
+def test_a_node_copy_of_an_object_store_folder_follows_what_is_there(s3_server, tmp_path):
+    """local_copy keys its copy by the files' names, sizes and times: the same folder is copied once, a folder written
+    again (a re-trained final/ at the same URI) is copied again, never served from the old copy."""
+    storage, uri = s3_server.storage, f"s3://{s3_server.BUCKET}/copies-{os.getpid()}/model"
+    storage.write_bytes(f"{uri}/config.json", b'{"v": 1}')
+    first = storage.local_copy(uri, tmp_path)
+    assert storage.local_copy(uri, tmp_path) == first and (Path(first) / "config.json").read_bytes() == b'{"v": 1}'
+    storage.write_bytes(f"{uri}/config.json", b'{"v": 22}')
+    second = storage.local_copy(uri, tmp_path)
+    assert second != first and (Path(second) / "config.json").read_bytes() == b'{"v": 22}'
+    with pytest.raises(FileNotFoundError, match="no files there"):
+        storage.local_copy(f"s3://{s3_server.BUCKET}/nothing-here", tmp_path)

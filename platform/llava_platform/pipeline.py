@@ -81,7 +81,7 @@ def _stage(step: StageStep, stage: str, extra: list[str], log) -> str:
     try:
         return str(run_training(spec, stage).final)
     finally:
-        os.chdir(here)  # a finished Ray Train run leaves its driver in another directory; the next steps read from here
+        os.chdir(here)  # the next steps read their relative paths from where the job started
 
 
 def _serve_config(step: ServeStep, checkpoint: str) -> dict[str, Any]:
@@ -104,9 +104,12 @@ def deploy(config: dict[str, Any]) -> None:
 
 def run_pipeline(spec: PipelineSpec, log=print) -> dict[str, Any]:
     """Runs (or resumes) the four steps; returns {final, metrics, served}; PipelineFailed below the threshold."""
+    # torch and the jobs' modules are imported before Ray is joined: importing torch after ray.init in a job's
+    # driver was seen to fail ("oneMKL FATAL ERROR: Cannot load libtorch_cpu.so") or to lose the working directory
     from llava_platform.cluster import connect
     from llava_platform.eval.job import run_evaluation
     from llava_platform.eval.spec import EvalJobSpec
+    from llava_platform.train import launch  # noqa: F401
 
     ray_of_its_own = connect().address == "local"  # no cluster to join: the served model ends with this job
     first = _stage(spec.pretrain, "pretrain", [], log)

@@ -14,8 +14,8 @@ travels to Ray tasks small; each process opens its own filesystems.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,32 +140,35 @@ class Storage:
         return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
 
     def local_copy(self, folder: str, cache_root: str | os.PathLike, skip_suffixes: tuple[str, ...] = ()) -> str:
-        """A local path holding `folder`: itself when local, else a copy under cache_root/<bucket>/<key>, made once
-        per node: the processes of a node (a Serve replica, batch actors) take turns on a lock file, the first
-        copies into a hidden folder renamed whole (its `.complete` marker inside), the others find it done.
-        `skip_suffixes`: files not copied (a driver that needs a checkpoint's processor, not its weights)."""
+        """A local path holding `folder`: itself when local, else a copy of what is there now, made once per node
+        under cache_root/<bucket>/<key>@<version>, the version a hash of the files' names, sizes and modification
+        times (a folder written again, e.g. a re-trained final/, is copied again, never served stale). The
+        processes of a node (a Serve replica, batch actors) take turns on a lock file: the first copies into a
+        hidden folder renamed whole, the others find it done. `skip_suffixes`: files not copied (a driver that
+        needs a checkpoint's processor, not its weights)."""
         if not is_uri(folder):
             return folder
         fs, inner = self.filesystem(folder)
-        local = os.path.join(os.fspath(cache_root), inner.strip("/"))
-        marker = os.path.join(local, ".complete")
-        if os.path.exists(marker):
-            return local
+        root = inner.rstrip("/") + "/"
+        listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+        files = [(i.path.removeprefix(root), i) for i in listing
+                 if i.type == pafs.FileType.File and not i.path.endswith(skip_suffixes)]  # () skips nothing
+        if not files:
+            raise FileNotFoundError(f"{folder}: no files there; check the URI (and storage.* for its store)")
+        version = hashlib.sha1(repr(sorted((r, i.size, i.mtime_ns) for r, i in files)).encode()).hexdigest()[:12]
+        local = os.path.join(os.fspath(cache_root), f"{inner.strip('/')}@{version}")
+        if os.path.isdir(local):
+            return local  # complete: a copy is renamed into place only when whole
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with open(f"{local}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process's closes
-            if os.path.exists(marker):
+            if os.path.isdir(local):
                 return local  # another process copied it while this one waited
             tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-            os.makedirs(tmp)
-            for path in self.list_files(folder):
-                relative = self.filesystem(path)[1].removeprefix(inner.rstrip("/") + "/")
-                if not relative.endswith(skip_suffixes):  # () skips nothing
-                    os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
-                    pafs.copy_files(self.filesystem(path)[1], os.path.join(tmp, relative), source_filesystem=fs,
-                                    destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
-            open(os.path.join(tmp, ".complete"), "w").close()
-            shutil.rmtree(local, ignore_errors=True)  # a copy cut short (no marker), if any
+            for relative, info in files:
+                os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+                pafs.copy_files(info.path, os.path.join(tmp, relative), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
             os.rename(tmp, local)
         return local
 
