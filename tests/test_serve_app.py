@@ -462,7 +462,9 @@ def test_a_full_queue_is_refused_at_once(app):
     refused = [(r, s) for status, r, s in results if status == 503]
     assert {status for status, _, _ in results} <= {200, 503}
     assert len(refused) >= 20, len(refused)
-    assert all(reply["error"]["code"] == "server_overloaded" and seconds < 3 for reply, seconds in refused), refused[:3]
+    # "at once": seconds, where a queued request would wait for 256-token answers ahead of it (5 s: the whole suite's
+    # load once made one refusal take over 3 s)
+    assert all(reply["error"]["code"] == "server_overloaded" and seconds < 5 for reply, seconds in refused), refused[:3]
 
 
 def test_autoscaling_goes_to_two_replicas_under_load_and_back_to_one(app, client):
