@@ -54,6 +54,27 @@ def ray_job_submit(cluster, job_id: str, command: list[str], *flags: str):
     return submit
 
 
+def stop_job_at_step(cluster, job_id: str, step: int) -> str:
+    """Follow a submitted training job's logs (`ray job logs --follow`) until it logs `[train] step N/...` with
+    N >= step, then `ray job stop` it, as a user stops a job; returns what was logged."""
+    import re
+    import subprocess
+
+    logged = []
+    follow = subprocess.Popen([RAY, "job", "logs", job_id, "--follow", "--address", cluster.dashboard], env=ray_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in follow.stdout:
+        logged.append(line)
+        if (found := re.search(r"\[train\] step (\d+)/", line)) and int(found[1]) >= step:
+            stop = subprocess.run([RAY, "job", "stop", job_id, "--address", cluster.dashboard], env=ray_env(),
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert stop.returncode == 0, stop.stdout + stop.stderr
+            break
+    follow.kill()
+    follow.wait()
+    return "".join(logged)
+
+
 def plain_tokenizer():
     """A byte-level tokenizer with no <image> and no pad token, as a hub LLM's would be."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

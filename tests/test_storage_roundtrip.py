@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 import time
 
 import openai
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from conftest import RAY, ray_env, ray_job_submit
+from conftest import ray_job_submit, stop_job_at_step
 from llava_platform.config import SamplingSpec, StorageSpec
 from llava_platform.data.images import load_image
 from llava_platform.data.synthetic import generate
@@ -44,20 +43,9 @@ def test_training_checkpoints_resumes_and_exports_to_s3_and_serve_loads_it_from_
     first = f"roundtrip-1-{int(time.time())}"
     submit = ray_job_submit(ray_cluster, first, command, "--no-wait")
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
-    follow = subprocess.Popen([RAY, "job", "logs", first, "--follow", "--address", ray_cluster.dashboard], env=ray_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    logged = []
-    for line in follow.stdout:
-        logged.append(line)
-        if (step := STEP.search(line)) and int(step[1]) >= 4:  # a checkpoint (step 3) is in the store
-            stop = subprocess.run([RAY, "job", "stop", first, "--address", ray_cluster.dashboard], env=ray_env(),
-                                  capture_output=True, text=True, timeout=120)  # fmt: skip
-            assert stop.returncode == 0, stop.stdout + stop.stderr
-            break
-    follow.kill()
-    follow.wait()
+    logged = stop_job_at_step(ray_cluster, first, 4)  # a checkpoint (step 3) is in the store
     client = JobSubmissionClient(ray_cluster.dashboard)
-    assert client.get_job_status(first) == JobStatus.STOPPED, "".join(logged)[-3000:]
+    assert client.get_job_status(first) == JobStatus.STOPPED, logged[-3000:]
     storage = s3_server.storage
     assert any("checkpoint" in p for p in storage.list_files(f"{store}/ray/roundtrip")), "no checkpoint in the store"
     assert not storage.exists(f"{store}/out/final/llava_platform.yaml")

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import RAY, REPO, RayCluster, ray_env, ray_job_submit
+from conftest import REPO, RayCluster, ray_env, ray_job_submit, stop_job_at_step
 from llava_platform.config import SamplingSpec, TrainJobSpec, load
 from llava_platform.data.images import load_image
 from llava_platform.data.records import read_records
@@ -364,21 +364,10 @@ def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster
     first, second = f"llava-rerun-1-{int(time.time())}", f"llava-rerun-2-{int(time.time())}"
     submit = ray_job_submit(ray_cluster, first, command, "--no-wait")
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
-    follow = subprocess.Popen([RAY, "job", "logs", first, "--follow", "--address", ray_cluster.dashboard], env=ray_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    logged = []
-    for line in follow.stdout:
-        logged.append(line)
-        if (step := STEP.search(line)) and int(step[1]) >= 5:
-            stop = subprocess.run([RAY, "job", "stop", first, "--address", ray_cluster.dashboard], env=ray_env(),
-                                  capture_output=True, text=True, timeout=120)  # fmt: skip
-            assert stop.returncode == 0, stop.stdout + stop.stderr
-            break
-    follow.kill()
-    follow.wait()
+    logged = stop_job_at_step(ray_cluster, first, 5)
     client = JobSubmissionClient(ray_cluster.dashboard)
-    assert client.get_job_status(first) == JobStatus.STOPPED, "".join(logged)[-3000:]
-    stopped_at = max(int(m[1]) for m in STEP.finditer("".join(logged)))
+    assert client.get_job_status(first) == JobStatus.STOPPED, logged[-3000:]
+    stopped_at = max(int(m[1]) for m in STEP.finditer(logged))
     assert stopped_at < 12 and not (tmp_path / "out" / "final").exists()
 
     resubmit = ray_job_submit(ray_cluster, second, command)
@@ -390,7 +379,7 @@ def test_a_stopped_job_submitted_again_with_the_same_name_resumes_it(ray_cluster
     start = int(resumed.rsplit(" ", 1)[1])
     assert start <= stopped_at and [int(m[1]) for m in STEP.finditer(output)] == list(range(start + 1, 13))
     run = Run(0, output, tmp_path, "rerun")
-    first_loss, last_losses = float(STEP.search("".join(logged))[3]), [loss for _, loss in run.steps[-3:]]
+    first_loss, last_losses = float(STEP.search(logged)[3]), [loss for _, loss in run.steps[-3:]]
     assert sum(last_losses) / 3 < 0.9 * first_loss, (first_loss, last_losses)  # rank-8 adapters: 6.8 -> ~5.7 in 12 steps
     assert_adapter_checkpoint_and_merged_final(run, data, "4bit")
     # tuned on data.template (not the tiny preset's mistral_instruct): the model answers in that template
