@@ -4,8 +4,8 @@
     python -m jobs.demo --out demo_output
 
 No cluster, no downloads: the two stages are the shipped specs jobs/configs/tiny_pretrain.yaml and
-tiny_finetune.yaml, run by the same code as `python -m jobs.pretrain` / `jobs.finetune`, with their
-paths pointed under --out. A fresh --out starts fresh runs (the demo clears its own Ray storage).
+tiny_finetune.yaml, trained as jobs.pipeline trains them (stage 2 from stage 1's final model), with their
+paths pointed under --out. Each run trains afresh (the demo clears its runs under --out).
 
     python -m jobs.demo --data my_scenes --out demo_mine
 
@@ -33,11 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from llava_platform.cli import quiet_transformers, user_errors_exit
-from llava_platform.config import TrainJobSpec, load
 from llava_platform.data.synthetic import SyntheticPaths, generate
 from llava_platform.eval.heldout import answer_held_out
 from llava_platform.model import load_checkpoint, save_checkpoint
-from llava_platform.train.launch import run_training
+from llava_platform.pipeline import StageStep, train_stages
 
 CONFIGS = Path(__file__).parent / "configs"
 RESULTS_FILE = "demo_results.json"
@@ -61,18 +60,18 @@ def overrides_for(stage: str, overrides: list[str]) -> list[str]:
     return kept
 
 
-def stage_spec(stage: str, out: Path, data: SyntheticPaths, start: Path | None, extra: list[str]) -> TrainJobSpec:
-    """The shipped tiny spec of a stage, its paths under the demo folder, its model the checkpoint
-    `start` (None: the spec's own, i.e. the random-init preset in stage 1)."""
+def stage_step(stage: str, out: Path, data: SyntheticPaths, start: Path | None, extra: list[str]) -> StageStep:
+    """The shipped tiny spec of a stage, its paths under the demo folder, stage 1's model the checkpoint
+    `start` (None: the spec's own, the random-init preset; stage 2 starts from stage 1's final model)."""
     source = data.pretrain if stage == "pretrain" else data.finetune
     overrides = []
     if not source.exists() and stage == "pretrain":  # no captions: stage 1 learns from the QA, in the chat template
         source, overrides = data.finetune, ["data.template=null"]
     overrides += [f"data.path={source}", f"data.image_folder={data.image_folder}", f"train.output_dir={out / stage}",
                  f"run.storage_path={out / 'ray'}", f"run.name=demo-{stage}"]  # fmt: skip
-    if start is not None:
+    if start is not None and stage == "pretrain":
         overrides += ["model.preset=null", f"model.checkpoint={start}"]
-    return load(CONFIGS / f"tiny_{stage}.yaml", TrainJobSpec, overrides + overrides_for(stage, extra))
+    return StageStep(config=str(CONFIGS / f"tiny_{stage}.yaml"), overrides=overrides + overrides_for(stage, extra))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +96,8 @@ def main() -> None:
     quiet_transformers()
     started = time.perf_counter()
     out = Path(args.out).resolve()
-    shutil.rmtree(out / "ray", ignore_errors=True)  # fresh runs: the same run name would resume
+    for run in ("ray", *STAGES):  # fresh runs: a stage with a final model would be skipped, a run name resumed
+        shutil.rmtree(out / run, ignore_errors=True)
 
     if args.data is None:
         step("1. synthetic scenes", started)
@@ -107,31 +107,30 @@ def main() -> None:
         root = args.data.resolve()
         data = SyntheticPaths.in_folder(root)
         step(f"1. dataset {root}", started)
-    spec = stage_spec("pretrain", out, data, args.base, args.overrides)  # it picks the captions or, without them, the QA
-    on = "captions" if spec.data.path == str(data.pretrain) else f"{data.finetune.name} (no {data.pretrain.name}), in the chat template"
+    first = stage_step("pretrain", out, data, args.base, args.overrides)  # on the captions or, without them, the QA
+    on = "captions" if first.spec().data.path == str(data.pretrain) else f"{data.finetune.name} (no {data.pretrain.name}), in the chat template"
     start = "random init" if args.base is None else f"from {args.base}"
-    step(f"2. stage 1: projector alignment on {on}, {start} (jobs.pretrain, tiny_pretrain.yaml)", started)
-    first = run_training(spec, "pretrain")
+    step(f"2. stage 1: projector alignment on {on}, {start} (tiny_pretrain.yaml); then stage 2: visual instruction "
+         "tuning (tiny_finetune.yaml), as jobs.pipeline trains them", started)  # fmt: skip
+    trained = train_stages(first, stage_step("finetune", out, data, None, args.overrides))
 
-    step("3. stage 2: visual instruction tuning (jobs.finetune, tiny_finetune.yaml)", started)
-    second = run_training(stage_spec("finetune", out, data, first.final, args.overrides), "finetune")
-
-    step("4. answers on held-out questions (engine, batched greedy decoding)", started)
-    answers = answer_held_out(second.final, data.test, data.image_folder)
+    step("3. answers on held-out questions (engine, batched greedy decoding)", started)
+    answers = answer_held_out(trained.final, data.test, data.image_folder)
     for question, gold, prediction in list(zip(answers.questions, answers.golds, answers.predictions))[: args.show]:
         print(f"Q: {question}\n   gold: {gold!r}  model: {prediction!r}")
     score, by_kind = answers.accuracy, answers.by_kind()
-    train_seconds = first.seconds + second.seconds
+    seconds = trained.seconds
+    train_seconds = sum(seconds.values())
     print(f"\nexact-match accuracy on {len(answers.golds)} held-out questions: {score:.1%}")
     if by_kind:  # the test records name their question kinds
         print("by kind: " + ", ".join(f"{kind} {value:.0%}" for kind, value in by_kind.items()))
     print(f"training time (both stages, Ray Train fit): {train_seconds:.0f}s "
-          f"(stage 1 {first.seconds:.0f}s, stage 2 {second.seconds:.0f}s); final model: {second.final}")  # fmt: skip
+          f"(stage 1 {seconds['pretrain']:.0f}s, stage 2 {seconds['finetune']:.0f}s); final model: {trained.final}")  # fmt: skip
     results = {"accuracy": score, "num_test": len(answers.golds), "by_kind": by_kind, "train_seconds": train_seconds,
-               "stage_seconds": {"pretrain": first.seconds, "finetune": second.seconds}, "final": str(second.final)}  # fmt: skip
+               "stage_seconds": seconds, "final": trained.final}  # fmt: skip
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
     if args.export is not None:  # re-saved, so that its llava_platform.yaml names the copy, not this run
-        bundle = load_checkpoint(second.final)
+        bundle = load_checkpoint(trained.final)
         save_checkpoint(replace(bundle, spec=bundle.spec.model_copy(update={"checkpoint": str(args.export)})), args.export)
         shutil.copy(out / RESULTS_FILE, args.export / RESULTS_FILE)
         print(f"final model exported to {args.export}")

@@ -56,25 +56,25 @@ def test_demo_trains_both_stages_from_a_base_answers_held_out_questions_and_expo
 
 @pytest.mark.parametrize("captions", [True, False])
 def test_a_dataset_without_captions_trains_stage_1_on_its_qa_in_the_chat_template(tmp_path, captions):
-    from jobs.demo import stage_spec
+    from jobs.demo import stage_step
     from llava_platform.data.synthetic import SyntheticPaths
     from llava_platform.train.setup import training_template
 
     data = SyntheticPaths.in_folder(tmp_path)
     if captions:
         data.pretrain.write_text("[]")
-    spec = stage_spec("pretrain", tmp_path / "out", data, None, [])
+    spec = stage_step("pretrain", tmp_path / "out", data, None, []).spec()
     assert spec.data.path == str(data.pretrain if captions else data.finetune)
     # plain keeps one turn's reply and drops the question: QA records are rendered in the tiny preset's template
     assert training_template(spec) == ("plain" if captions else "mistral_instruct")
 
 
 def test_prefixed_overrides_reach_one_stage_and_plain_ones_both(tmp_path):
-    from jobs.demo import stage_spec
+    from jobs.demo import stage_step
     from llava_platform.data.synthetic import SyntheticPaths
 
     data = SyntheticPaths.in_folder(tmp_path)
     extra = ["pretrain:train.max_steps=7", "finetune:train.max_steps=9", "train.lr=0.01"]
-    first, second = (stage_spec(stage, tmp_path / "out", data, None, extra) for stage in ("pretrain", "finetune"))
+    first, second = (stage_step(stage, tmp_path / "out", data, None, extra).spec() for stage in ("pretrain", "finetune"))
     assert (first.train.max_steps, second.train.max_steps) == (7, 9)
     assert first.train.lr == second.train.lr == 0.01

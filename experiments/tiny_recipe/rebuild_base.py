@@ -159,11 +159,11 @@ def rebuild(runs: list[Run], work: Path) -> dict:
 
 
 def check_demo(run: Run, arguments: list[str]) -> str:
-    """A demo stage's arguments parse with jobs.demo's parser and both stage specs load (jobs.demo.stage_spec)
+    """A demo stage's arguments parse with jobs.demo's parser and both stage specs load (jobs.demo.stage_step)
     with the recipe's steps and base; what the specs train, as a phrase. The sets are not drawn, so stage 1's
     spec is loaded as for a set without captions (the QA in the chat template): the same shipped spec and
     overrides, bar data.path and data.template."""
-    from jobs.demo import build_parser, stage_spec
+    from jobs.demo import build_parser, stage_step
     from llava_platform.data.synthetic import SyntheticPaths
 
     stage = run.stage
@@ -175,8 +175,8 @@ def check_demo(run: Run, arguments: list[str]) -> str:
     demo_out = Path(parsed.out).resolve()
     data = SyntheticPaths.in_folder(parsed.data.resolve() if parsed.data else demo_out / "data")  # where the demo reads
     try:
-        first = stage_spec("pretrain", demo_out, data, parsed.base, parsed.overrides)
-        second = stage_spec("finetune", demo_out, data, Path(first.train.output_dir) / "final", parsed.overrides)
+        first = stage_step("pretrain", demo_out, data, parsed.base, parsed.overrides).spec()
+        second = stage_step("finetune", demo_out, data, None, parsed.overrides).spec()
     except ValueError as e:  # ConfigError: an override or the spec itself
         raise ValueError(f"stage {stage.name}: jobs.demo's spec does not load: {e}") from e
     steps = (first.train.max_steps, second.train.max_steps)

@@ -16,8 +16,9 @@ threshold; otherwise the job reports the score and fails (exit 1) with nothing d
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from pydantic import Field
@@ -25,7 +26,8 @@ from pydantic import Field
 from llava_platform.config import StrictModel, TrainJobSpec, load
 from llava_platform.storage import Storage
 
-__all__ = ["StageStep", "EvaluateStep", "ServeStep", "PipelineSpec", "PipelineFailed", "run_pipeline"]
+__all__ = ["StageStep", "EvaluateStep", "ServeStep", "PipelineSpec", "PipelineFailed", "TrainedStages", "train_stages",
+           "run_pipeline"]
 
 
 class StageStep(StrictModel):
@@ -33,6 +35,10 @@ class StageStep(StrictModel):
 
     config: str = Field(description="the stage's job spec (jobs/configs/*_pretrain.yaml / *_finetune.yaml)")
     overrides: list[str] = Field(default_factory=list, description="dotted.key=value overrides of that spec")
+
+    def spec(self, extra: Sequence[str] = ()) -> TrainJobSpec:
+        """The stage's job spec with its overrides, then `extra`, applied."""
+        return load(self.config, TrainJobSpec, [*self.overrides, *extra])
 
 
 class EvaluateStep(StrictModel):
@@ -69,19 +75,35 @@ def _final_done(spec: TrainJobSpec) -> str | None:
     return final if Storage(spec.storage).exists(Storage.join(final, "llava_platform.yaml")) else None
 
 
-def _stage(step: StageStep, stage: str, extra: list[str], log) -> str:
+@dataclass
+class TrainedStages:
+    first: str  # stage 1's final/ (a path, or a URI when its train.output_dir is one)
+    final: str  # stage 2's final/: the model to evaluate and serve
+    seconds: dict[str, float]  # {"pretrain": s, "finetune": s}: each stage's Ray Train fit time, 0 for one done before
+
+
+def _stage(step: StageStep, stage: str, extra: list[str], log) -> tuple[str, float]:
     from llava_platform.train.launch import absolute_spec, run_training
 
-    spec = absolute_spec(load(step.config, TrainJobSpec, [*step.overrides, *extra]))
+    spec = absolute_spec(step.spec(extra))
     if (final := _final_done(spec)) is not None:
         log(f"[pipeline] {stage}: done before ({final})")
-        return final
+        return final, 0.0
     log(f"[pipeline] {stage}: {step.config}")
     here = os.getcwd()
     try:
-        return str(run_training(spec, stage).final)
+        result = run_training(spec, stage)
+        return str(result.final), result.seconds
     finally:
         os.chdir(here)  # the next steps read their relative paths from where the job started
+
+
+def train_stages(pretrain: StageStep, finetune: StageStep, log=print) -> TrainedStages:
+    """Stage 1, then stage 2 from stage 1's final/ (its model.checkpoint); a stage whose final/ exists is not run
+    again, one stopped midway resumes from its run's checkpoints."""
+    first, first_seconds = _stage(pretrain, "pretrain", [], log)
+    final, final_seconds = _stage(finetune, "finetune", [f"model.checkpoint={first}"], log)
+    return TrainedStages(first, final, {"pretrain": first_seconds, "finetune": final_seconds})
 
 
 def _serve_config(step: ServeStep, checkpoint: str) -> dict[str, Any]:
@@ -112,8 +134,7 @@ def run_pipeline(spec: PipelineSpec, log=print) -> dict[str, Any]:
     from llava_platform.train import launch  # noqa: F401
 
     ray_of_its_own = connect().address == "local"  # no cluster to join: the served model ends with this job
-    first = _stage(spec.pretrain, "pretrain", [], log)
-    final = _stage(spec.finetune, "finetune", [f"model.checkpoint={first}"], log)
+    final = train_stages(spec.pretrain, spec.finetune, log).final
     log(f"[pipeline] evaluate: {spec.evaluate.config} on {final}")
     metrics = run_evaluation(load(spec.evaluate.config, EvalJobSpec, [*spec.evaluate.overrides, f"model.checkpoint={final}"]), log)
     score = metrics["scores"]["all"].get(spec.evaluate.metric)
