@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from llava_platform.batch.answers import read_answers
-from llava_platform.batch.job import run_batch
+from llava_platform.batch.job import absolute_batch_spec, run_batch
 from llava_platform.eval.spec import EvalJobSpec
 from llava_platform.eval.tasks import load_annotations, score
 from llava_platform.storage import Storage
@@ -48,8 +48,9 @@ def headline(metrics: dict[str, Any]) -> str:
 def run_evaluation(spec: EvalJobSpec, log=print) -> dict[str, Any]:
     client = judge_client(spec)
     storage = Storage(spec.storage)
-    summary = run_batch(spec.batch_job(), log)
-    output = spec.batch.output if "://" in spec.batch.output else os.path.abspath(spec.batch.output)
+    batch_job = absolute_batch_spec(spec.batch_job())
+    summary = run_batch(batch_job, log)
+    output = batch_job.batch.output
     task = spec.task
     annotations = load_annotations(task.annotations, storage, task.answer_field) if task.annotations else None
     metrics = score(read_answers(output, storage), task, annotations, client)
