@@ -151,8 +151,11 @@ class RayCluster:
 
         self.root = root
         # Ray's unix sockets live under --temp-dir and their paths must stay within 107 bytes:
-        # pytest's tmp folders can be too deep, so the session folder goes to a short /tmp/rayXXXX
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        # pytest's tmp folders can be too deep, so the session folder goes to a short /tmp/rayXXXX. Each node has its
+        # own, as separate machines do: nodes sharing one unpack a job's working_dir into one folder, where a job's
+        # driver was seen losing its files (jobs/ gone) while it ran.
+        self.temp_dirs = [Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")) for _ in range(nodes)]
+        self.temp_dir = self.temp_dirs[0]  # the head's
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
         # stop() signals every process at once: a node would spend 30 s trying to drain itself through a GCS
@@ -165,7 +168,7 @@ class RayCluster:
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=true"]  # fmt: skip
         self._start(head, cpus_per_node, "head")
         for n in range(1, nodes):
-            self._start([f"--address={self.gcs}"], cpus_per_node, f"node{n}")
+            self._start([f"--address={self.gcs}", f"--temp-dir={self.temp_dirs[n]}"], cpus_per_node, f"node{n}")
 
     def _start(self, args: list[str], cpus: int, name: str) -> None:
         import subprocess
@@ -194,7 +197,8 @@ class RayCluster:
                 pass
             except Exception:
                 os.killpg(process.pid, signal.SIGKILL)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for temp_dir in self.temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def ray_env(**extra: str) -> dict[str, str]:
