@@ -460,11 +460,13 @@ def test_a_full_queue_is_refused_at_once(app):
     with ThreadPoolExecutor(100) as pool:
         results = list(pool.map(ask, range(100)))
     refused = [(r, s) for status, r, s in results if status == 503]
+    answered = [s for status, _, s in results if status == 200]
     assert {status for status, _, _ in results} <= {200, 503}
-    assert len(refused) >= 20, len(refused)
-    # "at once": seconds, where a queued request would wait for 256-token answers ahead of it (5 s: the whole suite's
-    # load once made one refusal take over 3 s)
-    assert all(reply["error"]["code"] == "server_overloaded" and seconds < 5 for reply, seconds in refused), refused[:3]
+    assert len(refused) >= 20 and answered, (len(refused), len(answered))
+    assert all(reply["error"]["code"] == "server_overloaded" for reply, _ in refused), refused[:3]
+    # "at once": every refusal came back before the first 256-token answer did, so none waited in a queue (a bound
+    # in seconds would measure the machine's load, not the queue)
+    assert max(s for _, s in refused) < min(answered), (sorted(s for _, s in refused)[-3:], min(answered))
 
 
 def test_autoscaling_goes_to_two_replicas_under_load_and_back_to_one(app, client):
