@@ -27,3 +27,16 @@ def test_every_job_and_file_it_names_exists():
 def test_no_development_history():
     for word in ("session", "issue", "helper", "previous code", "old code"):
         assert word not in README.lower(), word
+
+
+def test_the_timed_walk_runs_what_the_readme_says():
+    """benchmarks/readme_walk.py times a fresh clone through these commands; the README's times come from it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_walk", REPO / "benchmarks" / "readme_walk.py")
+    walk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(walk)
+    assert [name for name, _ in walk.STEPS] == ["install", "demo", "data", "batch", "evaluate", "pipeline"]
+    for _, command in walk.STEPS:
+        assert command in README, command
+    assert "ray start --head" in README
