@@ -1,6 +1,6 @@
 """A new user's first hour, timed: a fresh clone of this repository, then the README's commands in order.
 
-    python benchmarks/readme_walk.py --clone /tmp/walk [--json walk.json]
+    .venv/bin/python benchmarks/readme_walk.py --clone /tmp/walk [--json walk.json]     # the platform's venv: openai
 
  1. install    python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e .
  2. demo       .venv/bin/python -m jobs.demo --out demo_output
@@ -76,7 +76,7 @@ def start_head(clone: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def ask(clone: Path) -> str:
     """The served model's answer to the first held-out question, through the openai client."""
-    import openai
+    import openai  # noqa: F811 (checked at the start)
 
     question = json.loads((clone / "data/synthetic/questions.jsonl").read_text().splitlines()[0])
     image = base64.b64encode((clone / "data/synthetic" / question["image"]).read_bytes()).decode()
@@ -92,6 +92,11 @@ def main() -> None:
     parser.add_argument("--clone", type=Path, required=True, help="an empty or missing folder for the fresh clone")
     parser.add_argument("--json", type=Path, help="also write the seconds of every step here")
     args = parser.parse_args()
+    try:
+        import openai  # noqa: F401 (the last step's client)
+    except ImportError:
+        raise SystemExit("run the walk with the platform's venv, which has openai: .venv/bin/python "
+                         "benchmarks/readme_walk.py ...") from None
     for _, command in STEPS:
         readme_says(command)
     readme_says("ray start --head")

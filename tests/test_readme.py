@@ -8,7 +8,7 @@ README = (REPO / "README.md").read_text()
 
 
 def test_short_with_the_two_commands_on_the_first_screen():
-    assert len(README.encode()) < 17_500
+    assert len(README.encode()) < 15_000
     first_screen = "\n".join(README.splitlines()[:40])
     assert "python -m jobs.demo" in first_screen and "<!-- test-command -->" in first_screen
 
