@@ -449,24 +449,25 @@ def test_a_client_that_disconnects_stops_its_generation(app, client):
 
 
 def test_a_full_queue_is_refused_at_once(app):
-    """16 ongoing per replica + 24 queued at the ingress: the rest of 100 simultaneous requests get 503 quickly."""
+    """16 ongoing per replica + 24 queued at the ingress: the rest of 100 simultaneous requests get 503 within seconds,
+    where a queued one would wait for 256-token answers ahead of it. Text only: 100 images at once queue in the
+    ingress's decoding threads before they reach the model's queue (a refusal then took 3.5 s), and this is about the
+    model's queue."""
+    long_prompt = [{"role": "user", "content": "Tell me a long story."}]
 
     def ask(_):
         started = time.time()
-        status, reply = post(app, "/v1/chat/completions", {"model": "tiny-random", "max_tokens": 256,
-                                                           "messages": image_message("Describe it.", data_url(SCENE))})  # fmt: skip
+        status, reply = post(app, "/v1/chat/completions", {"model": "tiny-random", "max_tokens": 256, "temperature": 0,
+                                                           "messages": long_prompt})  # fmt: skip
         return status, reply, time.time() - started
 
     with ThreadPoolExecutor(100) as pool:
         results = list(pool.map(ask, range(100)))
     refused = [(r, s) for status, r, s in results if status == 503]
-    answered = [s for status, _, s in results if status == 200]
     assert {status for status, _, _ in results} <= {200, 503}
-    assert len(refused) >= 20 and answered, (len(refused), len(answered))
-    assert all(reply["error"]["code"] == "server_overloaded" for reply, _ in refused), refused[:3]
-    # "at once": every refusal came back before the first 256-token answer did, so none waited in a queue (a bound
-    # in seconds would measure the machine's load, not the queue)
-    assert max(s for _, s in refused) < min(answered), (sorted(s for _, s in refused)[-3:], min(answered))
+    assert len(refused) >= 20, len(refused)
+    assert all(reply["error"]["code"] == "server_overloaded" and seconds < 3 for reply, seconds in refused), \
+        sorted(seconds for _, seconds in refused)[-3:]
 
 
 def test_autoscaling_goes_to_two_replicas_under_load_and_back_to_one(app, client):
@@ -509,7 +510,8 @@ def test_a_killed_model_replica_is_replaced_without_losing_requests(app, ray_cli
         raise AssertionError("unreachable")
 
     wait_replicas(app, 1, 60)
-    [replica] = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name.endswith("LlavaModel")]
+    alive = list_actors(address=ray_client.dashboard, filters=[("state", "=", "ALIVE")])  # this cluster's, by address
+    [replica] = [a for a in alive if a.class_name.endswith("LlavaModel")]
     with ThreadPoolExecutor(8) as pool:
         answers = [pool.submit(ask_with_one_retry, i) for i in range(24)]
         time.sleep(0.5)
