@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start --head` records this machine's cluster
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ."
 STEPS = [
     ("install", INSTALL),
@@ -74,6 +75,13 @@ def start_head(clone: Path, env: dict[str, str]) -> subprocess.Popen:
     return head
 
 
+def forget_head(record: str | None) -> None:
+    """`ray stop` removes the head's record of this machine's cluster; a head stopped by signal leaves it, and Ray's
+    clients without an address (the state API, `ray status`) would then wait for that dead head."""
+    if record is not None and CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text() == record:
+        CURRENT_CLUSTER.unlink()
+
+
 def ask(clone: Path) -> str:
     """The served model's answer to the first held-out question, through the openai client."""
     import openai  # noqa: F811 (checked at the start)
@@ -110,6 +118,7 @@ def main() -> None:
     outputs = {name: run(name, command, clone, env, seconds) for name, command in STEPS[:-1]}
     started = time.perf_counter()
     head = start_head(clone, env)
+    record = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
     seconds["ray head"] = round(time.perf_counter() - started, 1)
     try:
         outputs["pipeline"] = run("pipeline", STEPS[-1][1], clone, env, seconds)
@@ -119,6 +128,7 @@ def main() -> None:
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the `ray start --block` this walk launched, and its node's processes
         head.wait(timeout=60)
+        forget_head(record)
     print(f"\nserved model: {answer}")
     for name in ("demo", "evaluate", "pipeline"):
         lines = [line for line in outputs[name].splitlines() if "accuracy" in line or "[pipeline] served" in line]
