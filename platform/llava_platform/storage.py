@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from llava_platform.config import StorageSpec
 
-__all__ = ["FileStamp", "Storage", "is_uri", "CHECKPOINT_CACHE", "WEIGHT_SUFFIXES"]
+__all__ = ["FileStamp", "Storage", "is_uri", "CHECKPOINT_CACHE"]
 
 # where a checkpoint named by URI is copied on each node (Serve replicas, batch actors); LLAVA_CHECKPOINT_CACHE moves it
 CHECKPOINT_CACHE = Path(os.environ.get("LLAVA_CHECKPOINT_CACHE", Path.home() / ".cache" / "llava_platform" / "checkpoints"))
@@ -171,6 +171,14 @@ class Storage:
                                 destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
             os.rename(tmp, local)
         return local
+
+    def local_checkpoint(self, checkpoint: str, weights: bool = True) -> str:
+        """A checkpoint as this node reads it: itself when local (or a hub id), else its node copy under
+        CHECKPOINT_CACHE (local_copy); `weights=False`: a copy of its processor and spec files only, for a driver
+        that reads the processor and template but runs no model."""
+        if weights:
+            return self.local_copy(checkpoint, CHECKPOINT_CACHE)
+        return self.local_copy(checkpoint, CHECKPOINT_CACHE / "processors", skip_suffixes=WEIGHT_SUFFIXES)
 
     # ------------------------------------------------------------------ writing
 

@@ -31,7 +31,7 @@ from llava_platform.batch.spec import BatchJobSpec
 from llava_platform.batch.writer import OutputLock, PartWriter, Tally, check_same_run, remove_unfinished_parts
 from llava_platform.cluster import connect, quiet_ray_data
 from llava_platform.model.builder import build_processor_for, model_template
-from llava_platform.storage import CHECKPOINT_CACHE, WEIGHT_SUFFIXES, Storage, is_uri
+from llava_platform.storage import Storage, is_uri
 
 __all__ = ["BatchSummary", "run_batch", "absolute_batch_spec", "prompt_limit"]
 
@@ -110,7 +110,7 @@ def _run(spec: BatchJobSpec, storage: Storage, started: float, log) -> BatchSumm
     import ray.data
 
     batch = spec.batch
-    local = storage.local_copy(spec.model.checkpoint, CHECKPOINT_CACHE / "processors", skip_suffixes=WEIGHT_SUFFIXES)
+    local = storage.local_checkpoint(spec.model.checkpoint, weights=False)  # the driver runs no model
     model = spec.model.model_copy(update={"checkpoint": local})
     processor = build_processor_for(model)
     template = model_template(model)

@@ -21,7 +21,7 @@ from llava_platform.cli import quiet_transformers
 from llava_platform.config import ModelSpec, SamplingSpec, StorageSpec
 from llava_platform.inference.engine import GenerationRequest, GenerationResult, InferenceEngine
 from llava_platform.model.builder import load_checkpoint
-from llava_platform.storage import CHECKPOINT_CACHE, Storage
+from llava_platform.storage import Storage
 
 __all__ = ["BatchPredictor", "model_id_of"]
 
@@ -41,7 +41,7 @@ class BatchPredictor:
         quiet_transformers()  # no weight-loading bars in the job's log
         if not gpu and threads:
             torch.set_num_threads(threads)
-        path = Storage(storage).local_copy(model.checkpoint, CHECKPOINT_CACHE)
+        path = Storage(storage).local_checkpoint(model.checkpoint)
         device = "cuda" if gpu else None
         self.engine = InferenceEngine(load_checkpoint(path, model.model_copy(update={"checkpoint": path}), device))
         self.sampling = sampling

@@ -30,7 +30,7 @@ from llava_platform.inference.batcher import BatchStats, DynamicBatcher
 from llava_platform.inference.engine import GenerationRequest, InferenceEngine
 from llava_platform.serve.metrics import ModelMetrics
 from llava_platform.serve.spec import ServeAppSpec, ServedModelSpec
-from llava_platform.storage import CHECKPOINT_CACHE, Storage
+from llava_platform.storage import Storage
 
 __all__ = ["LlavaModel"]
 
@@ -39,7 +39,7 @@ __all__ = ["LlavaModel"]
 def load_engine(model: ServedModelSpec, storage: Storage) -> InferenceEngine:
     """The served model's engine, on the replica's GPU when it has one (Serve sets CUDA_VISIBLE_DEVICES to the GPUs
     of num_gpus); an object-store checkpoint is copied to the local cache first."""
-    path = storage.local_copy(model.checkpoint, CHECKPOINT_CACHE)
+    path = storage.local_checkpoint(model.checkpoint)
     overrides = {"dtype": model.dtype, "quantization": model.quantization, "template": model.template}
     device = "cuda" if torch.cuda.is_available() else None
     return InferenceEngine.from_checkpoint(path, device, **{k: v for k, v in overrides.items() if v is not None})

@@ -20,7 +20,7 @@ from llava_platform.model.builder import build_model, model_template
 from llava_platform.model.bundle import DTYPES, ModelBundle
 from llava_platform.model.freeze import apply_freeze
 from llava_platform.model.lora import apply_lora, load_adapter_weights
-from llava_platform.storage import CHECKPOINT_CACHE, WEIGHT_SUFFIXES, Storage, is_uri
+from llava_platform.storage import Storage, is_uri
 from llava_platform.train.loop import build_optimizer
 from llava_platform.train.plan import DataPlan
 from llava_platform.train.state import MODEL_DIR, read_trainer_state
@@ -69,12 +69,11 @@ def compile_layers(model: torch.nn.Module) -> None:
 
 def local_model_source(spec: TrainJobSpec, weights: bool = True) -> TrainJobSpec:
     """The spec with a model.checkpoint on an object store (s3://, gs://: stage 1's final/ for stage 2) replaced by
-    this node's copy of it (Storage.local_copy, once per node); `weights=False`: its processor and spec files only
-    (the driver's data check)."""
+    this node's copy of it (Storage.local_checkpoint, once per node); `weights=False`: its processor and spec files
+    only (the driver's data check)."""
     if spec.model.checkpoint is None or not is_uri(spec.model.checkpoint):
         return spec
-    cache, skip = (CHECKPOINT_CACHE, ()) if weights else (CHECKPOINT_CACHE / "processors", WEIGHT_SUFFIXES)
-    local = Storage(spec.storage).local_copy(spec.model.checkpoint, cache, skip_suffixes=skip)
+    local = Storage(spec.storage).local_checkpoint(spec.model.checkpoint, weights)
     return spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": local})})
 
 
