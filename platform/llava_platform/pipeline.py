@@ -15,7 +15,6 @@ threshold; otherwise the job reports the score and fails (exit 1) with nothing d
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -90,12 +89,8 @@ def _stage(step: StageStep, stage: str, extra: list[str], log) -> tuple[str, flo
         log(f"[pipeline] {stage}: done before ({final})")
         return final, 0.0
     log(f"[pipeline] {stage}: {step.config}")
-    here = os.getcwd()
-    try:
-        result = run_training(spec, stage)
-        return str(result.final), result.seconds
-    finally:
-        os.chdir(here)  # the next steps read their relative paths from where the job started
+    result = run_training(spec, stage)
+    return str(result.final), result.seconds
 
 
 def train_stages(pretrain: StageStep, finetune: StageStep, log=print) -> TrainedStages:
